@@ -1,0 +1,5 @@
+import sys
+
+from textlora.cli import main
+
+sys.exit(main())

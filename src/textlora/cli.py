@@ -1,0 +1,138 @@
+"""The command line: a table from verb to library function. No logic lives here.
+
+Each verb's --help comes from its function's docstring. A UserError becomes one line on
+stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _train(args, extra: list[str]) -> int:
+    from textlora.config import load_config
+    from textlora.train import train
+
+    config = load_config(args.config, extra)
+    out = train(config, resume=args.resume, overwrite=args.overwrite)
+    print(f"run directory: {out}")
+    return 0
+
+
+def _evaluate(args, extra: list[str]) -> int:
+    from textlora.evaluate import evaluate, format_metrics
+
+    metrics = evaluate(args.model, args.data, output_dir=args.output_dir, text_column=args.text_column, label_column=args.label_column, batch_size=args.batch_size, overwrite=args.overwrite)
+    print(format_metrics(metrics))
+    if args.output_dir:
+        print(f"wrote {args.output_dir}/metrics.json, confusion_matrix.json, confusion_matrix.png")
+    return 0
+
+
+def _predict(args, extra: list[str]) -> int:
+    from textlora.predict import predict
+
+    result = predict(args.model, data=args.data, output=args.output, text=args.text, text_column=args.text_column, with_names=args.with_names, with_probs=args.with_probs, batch_size=args.batch_size, overwrite=args.overwrite)
+    if isinstance(result, dict):
+        print(f"{result['label']}\t{result['label_name']}")
+        print(json.dumps(result["probabilities"], indent=2))
+    else:
+        print(f"wrote {result}")
+    return 0
+
+
+def _budget(args, extra: list[str]) -> int:
+    from textlora.budget import budget
+
+    report = budget(args.config, extra)
+    print(report)
+    return 0
+
+
+VERBS = {
+    # verb: (function, library function whose docstring is the help, arguments)
+    "train": (_train, "textlora.train:train", [
+        (("--config",), dict(required=True, help="YAML config file; dotted overrides follow, e.g. --train.epochs 2")),
+        (("--resume",), dict(default="none", choices=["none", "last", "best"], help="continue from a checkpoint in output_dir")),
+        (("--overwrite",), dict(action="store_true", help="start afresh in an output_dir that already holds a run")),
+    ]),
+    "evaluate": (_evaluate, "textlora.evaluate:evaluate", [
+        (("--model",), dict(required=True, help="run directory")),
+        (("--data",), dict(required=True, help="labelled file")),
+        (("--output-dir",), dict(help="write metrics and the confusion matrix (JSON, PNG) here")),
+        (("--text-column",), dict()),
+        (("--label-column",), dict()),
+        (("--batch-size",), dict(type=int, default=256)),
+        (("--overwrite",), dict(action="store_true")),
+    ]),
+    "predict": (_predict, "textlora.predict:predict", [
+        (("--model",), dict(required=True, help="run directory")),
+        (("--data",), dict(help="file of texts")),
+        (("--output",), dict(help="CSV to write (ID,Label)")),
+        (("--text",), dict(help="classify one text and print label and probabilities")),
+        (("--text-column",), dict(default="text")),
+        (("--with-names",), dict(action="store_true", help="add a LabelName column")),
+        (("--with-probs",), dict(action="store_true", help="add a P(name) column per class")),
+        (("--batch-size",), dict(type=int, default=256)),
+        (("--overwrite",), dict(action="store_true")),
+    ]),
+    "budget": (_budget, "textlora.budget:budget", [
+        (("--config",), dict(required=True, help="YAML config file; dotted overrides follow")),
+    ]),
+}
+
+ACCEPTS_OVERRIDES = {"train", "budget"}
+SUMMARIES = {
+    "train": "train a LoRA classifier from a YAML config and write a run directory",
+    "evaluate": "accuracy, macro-F1, per-class scores and confusion matrix on a labelled file",
+    "predict": "predict a file to an ID,Label CSV, or one --text",
+    "budget": "print the trainable-parameter breakdown of a config against its budget",
+}
+
+
+def _doc(target: str) -> str:
+    import importlib
+
+    module, name = target.split(":")
+    return (getattr(importlib.import_module(module), name).__doc__ or "").strip()
+
+
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="textlora", description="Train, evaluate and run LoRA text classifiers under a parameter budget.")
+    from textlora import __version__
+
+    parser.add_argument("--version", action="version", version=f"textlora {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name, (_, target, arguments) in VERBS.items():
+        doc = _doc(target) if name == verb else None  # import a verb's module only for its own --help
+        p = sub.add_parser(name, help=SUMMARIES[name], description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+        for flags, kwargs in arguments:
+            p.add_argument(*flags, **kwargs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    from textlora.errors import UserError
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecation notices are not the user's business
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb = argv[0] if argv and argv[0] in VERBS else None
+    parser = build_parser(verb)
+    args, extra = parser.parse_known_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 2
+    if extra and args.verb not in ACCEPTS_OVERRIDES:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return VERBS[args.verb][0](args, extra)
+    except UserError as e:
+        print(f"textlora {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"textlora {args.verb}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,275 @@
+"""Run configuration: one dataclass per concern, read from YAML plus dotted CLI overrides.
+
+Every default lives here with a one-line comment. ``load_config`` turns a YAML file and
+``--section.key value`` overrides into a validated :class:`Config`; any unknown key or value of
+the wrong type is a :class:`UserError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from textlora.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "minilm"  # hub id, local folder, or alias ("minilm": the pip-packaged all-MiniLM-L6-v2)
+    max_length: int = 128  # tokens per text; longer texts are truncated
+    dropout: float | None = None  # overrides every dropout of the base model while training; None keeps the model's own
+    attn_implementation: str = "auto"  # auto (eager on CPU: faster for short texts there; sdpa on GPU) | eager | sdpa
+
+    def __post_init__(self) -> None:
+        _check(self.max_length >= 8, "model.max_length", "an integer >= 8", self.max_length)
+        if self.dropout is not None:
+            _check(0 <= self.dropout < 1, "model.dropout", "a number in [0, 1) or null", self.dropout)
+        _check(self.attn_implementation in ("auto", "eager", "sdpa"), "model.attn_implementation", "auto, eager or sdpa", self.attn_implementation)
+
+
+@dataclass
+class LoraSettings:
+    r: int = 4  # rank of each LoRA update
+    alpha: float = 64  # scaling numerator: the update is scaled by alpha / r
+    dropout: float = 0.1  # dropout on the LoRA input
+    target_modules: list[str] = field(default_factory=lambda: ["query", "key", "value"])
+    bias: str = "all"  # which biases train: none | all | lora_only
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 1, "lora.r", "an integer >= 1", self.r)
+        _check(0 <= self.dropout < 1, "lora.dropout", "a number in [0, 1)", self.dropout)
+        _check(len(self.target_modules) > 0, "lora.target_modules", "a non-empty list", self.target_modules)
+        _check(self.bias in ("none", "all", "lora_only"), "lora.bias", "none, all or lora_only", self.bias)
+
+
+@dataclass
+class BudgetConfig:
+    max_trainable_params: int = 1_000_000  # training refuses to start above this
+
+    def __post_init__(self) -> None:
+        _check(self.max_trainable_params >= 1, "budget.max_trainable_params", "an integer >= 1", self.max_trainable_params)
+
+
+@dataclass
+class DataConfig:
+    train: str = "../shared/data/agnews/train.csv"  # CSV, TSV, JSONL, Parquet, or "hf:NAME[:SPLIT]"
+    text_column: str = "text"
+    label_column: str = "label"
+    label_names: list[str] | None = None  # names for integer labels 0..K-1; default: the labels themselves
+    extra_train: list[str] = field(default_factory=list)  # extra rows (e.g. synthetic): training split only
+    val_fraction: float = 0.1  # stratified, seeded dev split taken from `train` before extras are added
+    min_words: int = 0  # training rows with fewer words are dropped
+    max_words: int | None = None  # training rows with more words are dropped
+
+    def __post_init__(self) -> None:
+        _check(0 < self.val_fraction < 1, "data.val_fraction", "a number in (0, 1)", self.val_fraction)
+        _check(self.min_words >= 0, "data.min_words", "an integer >= 0", self.min_words)
+        if self.max_words is not None:
+            _check(self.max_words >= max(self.min_words, 1), "data.max_words", f"an integer >= {max(self.min_words, 1)}", self.max_words)
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1  # may be fractional
+    max_steps: int | None = None  # if set, overrides epochs
+    batch_size: int = 32  # per process, per step (the global batch is this x grad_accum x processes)
+    eval_batch_size: int = 256
+    learning_rate: float = 5e-4  # LoRA wants 10-50x a full fine-tune's rate
+    weight_decay: float = 0.01  # not applied to biases and LayerNorm weights
+    warmup_ratio: float = 0.06  # fraction of all optimizer steps spent warming up linearly
+    lr_scheduler: str = "linear"  # linear | cosine | constant
+    optimizer: str = "adamw"  # adamw | sgd
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    gradient_checkpointing: bool = False  # trades compute for memory; off unless asked
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32 (auto: bf16 where the CPU/GPU has it)
+    logging_steps: int = 50
+    eval_strategy: str = "epoch"  # epoch | steps
+    eval_steps: int = 500  # with eval_strategy: steps (checkpoints are saved at each evaluation)
+    save_total_limit: int = 2  # checkpoints kept (the best one is always kept)
+    metric_for_best: str = "accuracy"  # accuracy | macro_f1 | loss
+    early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0 = never
+    num_workers: int = 0  # dataloader workers; 0 = in the main process (batches are pre-tokenized)
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0, "train.epochs", "a number > 0", self.epochs)
+        if self.max_steps is not None:
+            _check(self.max_steps >= 1, "train.max_steps", "an integer >= 1", self.max_steps)
+        _check(self.batch_size >= 1, "train.batch_size", "an integer >= 1", self.batch_size)
+        _check(self.eval_batch_size >= 1, "train.eval_batch_size", "an integer >= 1", self.eval_batch_size)
+        _check(self.learning_rate > 0, "train.learning_rate", "a number > 0", self.learning_rate)
+        _check(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
+        _check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "a number in [0, 1)", self.warmup_ratio)
+        _check(self.lr_scheduler in ("linear", "cosine", "constant"), "train.lr_scheduler", "linear, cosine or constant", self.lr_scheduler)
+        _check(self.optimizer in ("adamw", "sgd"), "train.optimizer", "adamw or sgd", self.optimizer)
+        _check(self.grad_accum >= 1, "train.grad_accum", "an integer >= 1", self.grad_accum)
+        _check(self.precision in ("auto", "bf16", "fp16", "fp32"), "train.precision", "auto, bf16, fp16 or fp32", self.precision)
+        _check(self.logging_steps >= 1, "train.logging_steps", "an integer >= 1", self.logging_steps)
+        _check(self.eval_strategy in ("epoch", "steps"), "train.eval_strategy", "epoch or steps", self.eval_strategy)
+        _check(self.eval_steps >= 1, "train.eval_steps", "an integer >= 1", self.eval_steps)
+        _check(self.save_total_limit >= 1, "train.save_total_limit", "an integer >= 1", self.save_total_limit)
+        _check(self.metric_for_best in ("accuracy", "macro_f1", "loss"), "train.metric_for_best", "accuracy, macro_f1 or loss", self.metric_for_best)
+        _check(self.early_stopping_patience >= 0, "train.early_stopping_patience", "an integer >= 0", self.early_stopping_patience)
+        _check(self.num_workers >= 0, "train.num_workers", "an integer >= 0", self.num_workers)
+        _check(0 <= self.label_smoothing < 1, "train.label_smoothing", "a number in [0, 1)", self.label_smoothing)
+
+
+@dataclass
+class Config:
+    output_dir: str = "runs/default"  # the run directory: adapter, tokenizer, labels, config, metrics
+    seed: int = 42  # seeds the split, the shuffling, dropout and the head's initialisation
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, key: str, expected: str, found: Any) -> None:
+    if not ok:
+        raise UserError(f"config: {key}: expected {expected}, found {found!r}")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the type hint ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):  # a single string is a one-item list
+            value = [value]
+        if not isinstance(value, list):
+            raise UserError(f"config: {key}: expected a list, found {value!r}")
+        return [_coerce(v, item, key) for v in value]
+    if tp is float:
+        if isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"config: {key}: expected a number, found {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"config: {key}: expected an integer, found {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"config: {key}: expected true or false, found {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise UserError(f"config: {key}: expected a string, found {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise UserError(f"config: {prefix.rstrip('.') or 'top level'}: expected a mapping, found {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise UserError(f"config: unknown key '{full}' (known: {', '.join(sorted(names))})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value if value is not None else {}, f"{full}.")
+        else:
+            kwargs[key] = _coerce(value, tp, full)
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Build and validate a Config from a nested dict (as read from YAML)."""
+    return _build(Config, raw, "")
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """Turn ``["--train.epochs", "3", "--lora.r=8"]`` into a nested dict; values are parsed as YAML."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise UserError(f"override {arg!r}: expected --section.key VALUE")
+        if "=" in arg:
+            key, text = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise UserError(f"override {arg}: missing a value")
+            key, text = arg[2:], args[i + 1]
+            i += 2
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override --{key}: '{part}' is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config {path}: file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"config {path}: not valid YAML ({first})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"config {path}: expected a mapping of sections, found {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults if ``path`` is None) and apply dotted overrides."""
+    raw = read_yaml(path) if path is not None else {}
+    raw = _merge(raw, parse_overrides(overrides or []))
+    try:
+        return config_from_dict(raw)
+    except UserError as e:
+        if path is not None:
+            raise UserError(f"{e} (in {path})") from None
+        raise
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

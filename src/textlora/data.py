@@ -1,0 +1,256 @@
+"""Reading labelled and unlabelled text files, checking them, splitting and filtering them.
+
+Sources: local CSV, TSV, JSONL and Parquet files, and Hugging Face hub datasets written
+``hf:NAME[:SPLIT]`` (needs the ``datasets`` package and a network). Every problem a user can
+cause is a :class:`UserError` that names the file, the column or the row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from textlora.errors import UserError
+
+MAX_CHARS = 20_000  # longer texts are cut here before tokenizing (the tokenizer truncates further)
+
+
+@dataclass
+class TextFrame:
+    """Texts (and labels, when the file has them) read from one source."""
+
+    source: str
+    texts: list[str]
+    labels: list | None  # raw label values as read: all int or all str
+    ids: list | None  # the `id` column, if present
+    rows: list[int]  # the row number of each entry in the source file (1-based, header = row 1)
+
+
+def _read_table(source: str) -> pd.DataFrame:
+    if source.startswith("hf:"):
+        return _read_hub(source)
+    path = Path(source)
+    if not path.exists():
+        raise UserError(f"{source}: file not found")
+    if path.is_dir():
+        raise UserError(f"{source}: is a directory, expected a CSV, TSV, JSONL or Parquet file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".csv", ".tsv", ".txt"):
+            df = pd.read_csv(
+                path,
+                sep="\t" if suffix == ".tsv" else ",",
+                dtype=str,
+                keep_default_na=False,
+                encoding="utf-8-sig",  # tolerates a byte-order mark
+            )
+        elif suffix in (".jsonl", ".json"):
+            df = pd.read_json(path, lines=suffix == ".jsonl", dtype=False, encoding="utf-8")
+        elif suffix == ".parquet":
+            df = pd.read_parquet(path)
+        else:
+            raise UserError(f"{source}: unknown file type '{suffix}', expected .csv, .tsv, .jsonl or .parquet")
+    except UserError:
+        raise
+    except PermissionError:
+        raise UserError(f"{source}: permission denied") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{source}: not valid UTF-8 (byte {e.start})") from None
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{source}: file is empty") from None
+    except (ValueError, pd.errors.ParserError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{source}: cannot be parsed ({first})") from None
+    cols = [str(c) for c in df.columns]
+    header = _raw_header(path) if suffix in (".csv", ".tsv", ".txt") else cols
+    dupes = sorted({c for c in header if header.count(c) > 1})
+    if dupes:
+        raise UserError(f"{source}: duplicate column name {', '.join(repr(d) for d in dupes)} in the header")
+    df.columns = cols
+    return df
+
+
+def _raw_header(path: Path) -> list[str]:
+    """The header row as written (pandas silently renames a duplicate 'a' to 'a.1')."""
+    import csv
+
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return next(csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","), [])
+
+
+def _read_hub(source: str) -> pd.DataFrame:
+    parts = source[3:].split(":")
+    name, split = parts[0], parts[1] if len(parts) > 1 else "train"
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(f"{source}: hub datasets need the 'datasets' package (pip install datasets)") from None
+    try:
+        return datasets.load_dataset(name, split=split).to_pandas()
+    except Exception as e:  # network, unknown name, unknown split
+        raise UserError(f"{source}: cannot load from the Hugging Face hub ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _row_of(source: str, i: int) -> int:
+    """1-based row number in the source file for the i-th record (header is row 1 for tables)."""
+    return i + 2 if not source.startswith("hf:") and Path(source).suffix.lower() in (".csv", ".tsv", ".txt") else i + 1
+
+
+def _parse_label(value, source: str, row: int, column: str):
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        raise UserError(f"{source}: row {row}: empty label in column '{column}'")
+    if isinstance(value, (bool, np.bool_)):
+        raise UserError(f"{source}: row {row}: label {value!r} is neither an integer nor a name")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        if float(value).is_integer():
+            return int(value)
+        raise UserError(f"{source}: row {row}: label {value!r} is not an integer")
+    text = str(value).strip()
+    if not text or text.lower() == "nan":
+        raise UserError(f"{source}: row {row}: empty label in column '{column}'")
+    if text.lstrip("-").isdigit():
+        return int(text)
+    return text
+
+
+def read_texts(
+    source: str,
+    text_column: str = "text",
+    label_column: str | None = "label",
+    *,
+    require_labels: bool = True,
+) -> TextFrame:
+    """Read a file of texts (and labels). Labels are read if the column exists, required if asked."""
+    df = _read_table(source)
+    if len(df) == 0:
+        raise UserError(f"{source}: no rows (only a header, or empty)")
+    if text_column not in df.columns:
+        raise UserError(f"{source}: missing text column '{text_column}' (found: {', '.join(df.columns)})")
+    has_labels = label_column is not None and label_column in df.columns
+    if require_labels and not has_labels:
+        raise UserError(f"{source}: missing label column '{label_column}' (found: {', '.join(df.columns)})")
+    texts = []
+    for i, t in enumerate(df[text_column].tolist()):
+        if t is None or (isinstance(t, float) and np.isnan(t)) or not str(t).strip():
+            raise UserError(f"{source}: row {_row_of(source, i)}: empty text in column '{text_column}'")
+        texts.append(str(t)[:MAX_CHARS])
+    labels = None
+    if has_labels:
+        labels = [_parse_label(v, source, _row_of(source, i), label_column) for i, v in enumerate(df[label_column].tolist())]
+        kinds = {type(v) for v in labels}
+        if len(kinds) > 1:
+            first_str = next(i for i, v in enumerate(labels) if isinstance(v, str))
+            first_int = next(i for i, v in enumerate(labels) if isinstance(v, int))
+            raise UserError(
+                f"{source}: column '{label_column}' mixes integer and string labels "
+                f"(row {_row_of(source, first_int)}: {labels[first_int]!r}, row {_row_of(source, first_str)}: {labels[first_str]!r})"
+            )
+    ids = df["id"].tolist() if "id" in df.columns else None
+    return TextFrame(source, texts, labels, ids, [_row_of(source, i) for i in range(len(df))])
+
+
+def label_names_for(labels: list, given: list[str] | None, source: str) -> list[str]:
+    """The ordered label names: given ones, else 0..max for int labels, else sorted strings."""
+    if given:
+        if len(set(given)) != len(given):
+            raise UserError(f"config: data.label_names: duplicate names in {given}")
+        if isinstance(labels[0], int):
+            bad = [v for v in labels if not 0 <= v < len(given)]
+            if bad:
+                raise UserError(f"{source}: label {bad[0]} outside 0..{len(given) - 1} (data.label_names has {len(given)} names)")
+        return list(given)
+    if isinstance(labels[0], int):
+        if min(labels) < 0:
+            raise UserError(f"{source}: negative label {min(labels)}; integer labels must be 0..K-1")
+        return [str(i) for i in range(max(labels) + 1)]
+    return sorted(set(labels))
+
+
+def encode_labels(frame: TextFrame, names: list[str]) -> np.ndarray:
+    """Map raw labels to class indices; a label outside ``names`` is an error naming the row."""
+    index = {n: i for i, n in enumerate(names)}
+    out = np.empty(len(frame.labels), dtype=np.int64)
+    for i, v in enumerate(frame.labels):
+        if isinstance(v, int):
+            if not 0 <= v < len(names):
+                raise UserError(f"{frame.source}: row {frame.rows[i]}: label {v} is not a known class (expected 0..{len(names) - 1})")
+            out[i] = v
+        elif v in index:
+            out[i] = index[v]
+        else:
+            raise UserError(f"{frame.source}: row {frame.rows[i]}: label {v!r} is not a known class (known: {', '.join(names)})")
+    return out
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split; returns (train_idx, val_idx), each sorted. Each class gives >= 1 row to each side."""
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    classes = np.unique(labels)
+    if len(classes) < 2:
+        raise UserError(f"{source}: only one class ({classes[0]}) in the training data; need at least 2")
+    for c in classes:
+        idx = np.flatnonzero(labels == c)
+        if len(idx) < 2:
+            raise UserError(f"{source}: class {c} has {len(idx)} row; the validation split needs at least 2 rows a class")
+        idx = rng.permutation(idx)
+        n_val = min(max(1, round(len(idx) * val_fraction)), len(idx) - 1)
+        val_idx.append(idx[:n_val])
+        train_idx.append(idx[n_val:])
+    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
+
+
+def word_filter(texts: list[str], min_words: int, max_words: int | None) -> np.ndarray:
+    """Boolean mask of texts whose word count lies within [min_words, max_words]."""
+    counts = np.array([len(t.split()) for t in texts])
+    keep = counts >= min_words
+    if max_words is not None:
+        keep &= counts <= max_words
+    return keep
+
+
+@dataclass
+class Splits:
+    train_texts: list[str]
+    train_labels: np.ndarray
+    val_texts: list[str]
+    val_labels: np.ndarray
+    label_names: list[str]
+    counts: dict  # rows read, filtered, extra, per split: for the run's metrics and model card
+
+
+def load_splits(data_cfg, seed: int) -> Splits:
+    """Read the training file, split off a stratified dev set, then add extra rows to train only."""
+    main = read_texts(data_cfg.train, data_cfg.text_column, data_cfg.label_column)
+    names = label_names_for(main.labels, data_cfg.label_names, data_cfg.train)
+    y = encode_labels(main, names)
+    tr, va = stratified_split(y, data_cfg.val_fraction, seed, data_cfg.train)
+    train_texts = [main.texts[i] for i in tr]
+    train_labels = [y[tr]]
+    extra_rows = 0
+    for source in data_cfg.extra_train:
+        extra = read_texts(source, data_cfg.text_column, data_cfg.label_column)
+        if type(extra.labels[0]) is not type(main.labels[0]):
+            raise UserError(f"{source}: labels are {type(extra.labels[0]).__name__}s but {data_cfg.train} has {type(main.labels[0]).__name__}s")
+        train_texts += extra.texts
+        train_labels.append(encode_labels(extra, names))
+        extra_rows += len(extra.texts)
+    train_labels = np.concatenate(train_labels)
+    keep = word_filter(train_texts, data_cfg.min_words, data_cfg.max_words)
+    if not keep.any():
+        raise UserError(f"config: data.min_words/max_words ({data_cfg.min_words}..{data_cfg.max_words}) remove every training row")
+    train_texts = [t for t, k in zip(train_texts, keep) if k]
+    train_labels = train_labels[keep]
+    counts = {
+        "rows_read": len(main.texts),
+        "extra_rows": extra_rows,
+        "filtered_out": int((~keep).sum()),
+        "train_rows": len(train_texts),
+        "val_rows": len(va),
+    }
+    return Splits(train_texts, train_labels, [main.texts[i] for i in va], y[va], names, counts)

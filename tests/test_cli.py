@@ -1,0 +1,147 @@
+"""Every verb through the CLI on a tiny model, and the bad inputs each must refuse cleanly."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from textlora.cli import main
+
+from .conftest import make_texts, write_config
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_bert):
+    """One trained tiny run shared by this module's tests."""
+    root = tmp_path_factory.mktemp("cli")
+    make_texts(40, seed=1).to_csv(root / "train.csv", index=False)
+    make_texts(10, seed=2).to_csv(root / "test.csv", index=False)
+    unl = make_texts(8, seed=3).drop(columns=["label"])
+    unl.insert(0, "id", range(100, 100 + len(unl)))
+    unl.to_csv(root / "unlabelled.csv", index=False)
+    cfg = write_config(root / "c.yaml", tiny_bert, root / "train.csv", root / "run", train={"epochs": 4})
+    assert main(["train", "--config", str(cfg)]) == 0
+    return root
+
+
+def test_train_writes_a_self_contained_run_dir(run):
+    out = run / "run"
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "labels.json", "config.yaml", "metrics.json", "README.md", "dev.csv", "textlora.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "labels.json").read_text()) == ["sports", "business", "science"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1.0, 2.0, 3.0, 4.0]
+    assert metrics["train_log"][0]["loss"] > metrics["train_log"][-1]["loss"]  # loss falls
+    assert metrics["best"]["accuracy"] == max(h["accuracy"] for h in metrics["history"])
+    assert metrics["best"]["accuracy"] >= 0.9
+    assert list((out / "logs").iterdir())  # tensorboard events
+    assert "trainable" in (out / "README.md").read_text()
+
+
+def test_evaluate_writes_metrics_and_confusion_matrix(run, capsys):
+    assert main(["evaluate", "--model", str(run / "run"), "--data", str(run / "test.csv"), "--output-dir", str(run / "eval")]) == 0
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["accuracy"] >= 0.9 and set(metrics["per_class"]) == {"sports", "business", "science"}
+    assert np.array(json.loads((run / "eval" / "confusion_matrix.json").read_text())["matrix"]).sum() == 30
+    assert (run / "eval" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    assert "macro-F1" in capsys.readouterr().out
+    # the saved dev split evaluates to the best checkpoint's dev accuracy
+    dev = main(["evaluate", "--model", str(run / "run"), "--data", str(run / "run" / "dev.csv"), "--output-dir", str(run / "eval-dev")])
+    assert dev == 0
+    best = json.loads((run / "run" / "metrics.json").read_text())["best"]["accuracy"]
+    assert json.loads((run / "eval-dev" / "metrics.json").read_text())["accuracy"] == pytest.approx(best, abs=1e-9)
+
+
+def test_predict_writes_id_label_csv(run):
+    out = run / "pred.csv"
+    assert main(["predict", "--model", str(run / "run"), "--data", str(run / "unlabelled.csv"), "--output", str(out)]) == 0
+    df = pd.read_csv(out)
+    assert list(df.columns) == ["ID", "Label"]
+    assert df["ID"].tolist() == list(range(100, 124))
+    assert set(df["Label"]) <= {0, 1, 2}
+    out2 = run / "pred-full.csv"
+    assert main(["predict", "--model", str(run / "run"), "--data", str(run / "test.csv"), "--output", str(out2), "--with-names", "--with-probs"]) == 0
+    df2 = pd.read_csv(out2)
+    assert df2["ID"].tolist() == list(range(30))  # row index without an id column
+    assert list(df2.columns) == ["ID", "Label", "LabelName", "P(sports)", "P(business)", "P(science)"]
+    assert np.allclose(df2[["P(sports)", "P(business)", "P(science)"]].sum(axis=1), 1, atol=1e-4)
+    truth = pd.read_csv(run / "test.csv")["label"]
+    assert (df2["Label"] == truth).mean() >= 0.9
+
+
+def test_predict_one_text(run, capsys):
+    assert main(["predict", "--model", str(run / "run"), "--text", "goal match team coach"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "0\tsports"
+    assert set(json.loads(out.split("\n", 1)[1])) == {"sports", "business", "science"}
+
+
+def test_budget_verb(run, capsys):
+    assert main(["budget", "--config", str(run / "c.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "LoRA matrices" in out and "within budget" in out
+    assert main(["budget", "--config", str(run / "c.yaml"), "--budget.max_trainable_params", "10"]) == 0
+    assert "OVER budget" in capsys.readouterr().out
+
+
+def test_save_load_gives_identical_logits(run):
+    """The run directory alone reproduces the trained model's outputs."""
+    from textlora.models import load_classifier
+    from textlora.predict import encode_texts, predict_logits
+
+    texts = make_texts(5, seed=9)["text"].tolist()
+    merged, tok, _, _ = load_classifier(run / "run", merge=True)
+    unmerged, _, _, _ = load_classifier(run / "run", merge=False)
+    enc = encode_texts(tok, texts, 32)
+    a = predict_logits(merged, enc, tok.pad_token_id, precision="fp32")
+    b = predict_logits(unmerged, enc, tok.pad_token_id, precision="fp32")
+    assert np.allclose(a, b, atol=1e-5)
+    again, _, _, _ = load_classifier(run / "run", merge=True)
+    assert np.array_equal(a, predict_logits(again, enc, tok.pad_token_id, precision="fp32"))
+
+
+# --- bad input: one line, exit code 2, nothing overwritten --------------------------------
+
+
+def _fails(capsys, argv, message):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+def test_bad_inputs(run, tiny_bert, tmp_path, capsys):
+    model = str(run / "run")
+    _fails(capsys, ["predict", "--model", model, "--data", str(tmp_path / "nope.csv"), "--output", str(tmp_path / "o.csv")], "nope.csv: file not found")
+    (tmp_path / "nocol.csv").write_text("body\nhello\n")
+    _fails(capsys, ["predict", "--model", model, "--data", str(tmp_path / "nocol.csv"), "--output", str(tmp_path / "o.csv")], "missing text column 'text'")
+    (tmp_path / "empty.csv").write_text("text,label\ngoal,0\n  ,1\n")
+    _fails(capsys, ["evaluate", "--model", model, "--data", str(tmp_path / "empty.csv")], "row 3: empty text")
+    (tmp_path / "unknown.csv").write_text("text,label\ngoal,0\nstock,weather\n")
+    _fails(capsys, ["evaluate", "--model", model, "--data", str(tmp_path / "unknown.csv")], "row 3: label 'weather' is not a known class")
+    # output equal to input: refused, and the input is untouched
+    before = (run / "unlabelled.csv").read_bytes()
+    _fails(capsys, ["predict", "--model", model, "--data", str(run / "unlabelled.csv"), "--output", str(run / "unlabelled.csv"), "--overwrite"], "same file as the input")
+    assert (run / "unlabelled.csv").read_bytes() == before
+    # an existing output is not overwritten without --overwrite
+    (tmp_path / "exists.csv").write_text("keep me")
+    _fails(capsys, ["predict", "--model", model, "--data", str(run / "unlabelled.csv"), "--output", str(tmp_path / "exists.csv")], "already exists")
+    assert (tmp_path / "exists.csv").read_text() == "keep me"
+    _fails(capsys, ["predict", "--model", model, "--data", str(run / "unlabelled.csv"), "--output", str(tmp_path / "missing" / "o.csv")], "does not exist")
+    _fails(capsys, ["predict", "--model", str(tmp_path), "--text", "hi"], "not a complete textlora run directory")
+    # config errors
+    bad = write_config(tmp_path / "bad.yaml", tiny_bert, run / "train.csv", tmp_path / "r", train={"epochz": 1})
+    _fails(capsys, ["train", "--config", str(bad)], "unknown key 'train.epochz'")
+    good = write_config(tmp_path / "good.yaml", tiny_bert, run / "train.csv", tmp_path / "r")
+    _fails(capsys, ["train", "--config", str(good), "--budget.max_trainable_params", "100"], "exceed budget.max_trainable_params 100")
+    assert not (tmp_path / "r" / "textlora.json").exists()
+    _fails(capsys, ["train", "--config", str(good), "--data.train", str(tmp_path / "nocol.csv")], "missing text column")
+
+
+def test_train_refuses_to_clobber_a_run(run, capsys):
+    before = (run / "run" / "metrics.json").read_bytes()
+    _fails(capsys, ["train", "--config", str(run / "c.yaml")], "already holds a run")
+    assert (run / "run" / "metrics.json").read_bytes() == before

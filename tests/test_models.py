@@ -1,0 +1,63 @@
+import pytest
+
+from textlora.config import Config, LoraSettings
+from textlora.errors import UserError
+from textlora.models import apply_lora, check_budget, count_trainable, resolve_model_path
+
+
+def _roberta_base_shaped(num_labels=4):
+    """roberta-base's architecture from its published config, random weights (no download)."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    cfg = RobertaConfig(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                        max_position_embeddings=514, type_vocab_size=1, num_labels=num_labels)
+    return RobertaForSequenceClassification(cfg)
+
+
+def test_original_recipe_budget_is_916996():
+    """The notebook's numbers: r=4, alpha=64, q/k/v, bias all on roberta-base with 4 classes."""
+    model = apply_lora(_roberta_base_shaped(), LoraSettings(r=4, alpha=64, dropout=0.1, target_modules=["query", "key", "value"], bias="all"))
+    b = count_trainable(model)
+    assert b.total == 916_996
+    assert b.lora == 12 * 3 * 2 * 768 * 4  # 221,184: A (4x768) and B (768x4) per module
+    assert b.head == 768 * 768 + 768 + 768 * 4 + 4  # 593,668: RobertaClassificationHead dense + out_proj
+    assert b.bias == 916_996 - b.lora - b.head  # 102,144
+    assert b.total == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_breakdown_matches_peft_count(tiny_bert):
+    from transformers import AutoModelForSequenceClassification
+
+    base = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=3, ignore_mismatched_sizes=True)
+    model = apply_lora(base, LoraSettings(r=2, alpha=4, target_modules=["query", "value"], bias="none"))
+    b = count_trainable(model)
+    trainable, _ = model.get_nb_trainable_parameters()
+    assert b.total == trainable
+    assert b.lora == 2 * 2 * 2 * 16 * 2 and b.bias == 0 and b.head == 16 * 3 + 3
+
+
+def test_over_budget_is_refused_with_breakdown(tiny_bert):
+    from transformers import AutoModelForSequenceClassification
+
+    model = apply_lora(AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=3, ignore_mismatched_sizes=True), LoraSettings())
+    b = count_trainable(model)
+    with pytest.raises(UserError, match=rf"{b.total:,} trainable parameters exceed budget.max_trainable_params 10 \(LoRA"):
+        check_budget(b, 10)
+    check_budget(b, b.total)  # exactly at the budget is fine
+
+
+def test_unknown_target_module_is_a_user_error(tiny_bert):
+    from transformers import AutoModelForSequenceClassification
+
+    base = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=3, ignore_mismatched_sizes=True)
+    with pytest.raises(UserError, match="lora.target_modules"):
+        apply_lora(base, LoraSettings(target_modules=["nonexistent"]))
+
+
+def test_model_paths(tmp_path):
+    with pytest.raises(UserError, match="no such folder"):
+        resolve_model_path(str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="no config.json"):
+        resolve_model_path(str(tmp_path))
+    assert resolve_model_path("roberta-base") == "roberta-base"  # hub ids pass through for online users
+    assert Config().model.name == "minilm"

@@ -1,0 +1,66 @@
+"""Training: resume continues the same schedule, length-grouped batches, early stopping."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from textlora.cli import main
+from textlora.train import epoch_batches
+
+from .conftest import write_config
+
+
+def _cfg(tmp_path, tiny_bert, data_dir, out, **train):
+    return write_config(tmp_path / f"{out}.yaml", tiny_bert, data_dir / "train.csv", tmp_path / out,
+                        train={"max_steps": 12, "eval_strategy": "steps", "eval_steps": 6, "save_total_limit": 5, "logging_steps": 1, "warmup_ratio": 0.3, **train})
+
+
+def test_resume_continues_schedule_and_matches_uninterrupted_run(tmp_path, tiny_bert, data_dir):
+    assert main(["train", "--config", str(_cfg(tmp_path, tiny_bert, data_dir, "a"))]) == 0
+    full = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    # an interrupted run: only the step-6 checkpoint made it to disk
+    (tmp_path / "b" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "step-00000006", tmp_path / "b" / "checkpoints" / "step-00000006")
+    assert main(["train", "--config", str(_cfg(tmp_path, tiny_bert, data_dir, "b")), "--resume", "last"]) == 0
+    resumed = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert resumed["steps_done"] == full["steps_done"] == 12
+    # the learning rate after resuming continues the decay instead of restarting the warmup
+    assert [e["lr"] for e in resumed["train_log"]] == [e["lr"] for e in full["train_log"]]
+    assert [e["loss"] for e in resumed["train_log"]] == pytest.approx([e["loss"] for e in full["train_log"]], rel=1e-6)
+    assert [h["accuracy"] for h in resumed["history"]] == [h["accuracy"] for h in full["history"]]
+    a = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(np.allclose(a[k].numpy(), b[k].numpy(), atol=1e-6) for k in a)
+
+
+def test_resume_refuses_a_different_config(tmp_path, tiny_bert, data_dir, capsys):
+    assert main(["train", "--config", str(_cfg(tmp_path, tiny_bert, data_dir, "a", max_steps=6))]) == 0
+    code = main(["train", "--config", str(_cfg(tmp_path, tiny_bert, data_dir, "a", max_steps=6)), "--resume", "last", "--lora.r", "8"])
+    assert code == 2 and "lora.r: checkpoint 4, now 8" in capsys.readouterr().err
+    code = main(["train", "--config", str(_cfg(tmp_path, tiny_bert, data_dir, "empty")), "--resume", "last"])
+    assert code == 2 and "no complete checkpoint" in capsys.readouterr().err
+
+
+def test_early_stopping_and_best_checkpoint(tmp_path, tiny_bert, data_dir):
+    cfg = _cfg(tmp_path, tiny_bert, data_dir, "es", max_steps=60, eval_steps=2, early_stopping_patience=1, learning_rate=1e-6, metric_for_best="loss")
+    assert main(["train", "--config", str(cfg)]) == 0
+    m = json.loads((tmp_path / "es" / "metrics.json").read_text())
+    assert m["steps_done"] < 60  # stopped early
+    assert m["best"]["loss"] == min(h["loss"] for h in m["history"])
+    kept = sorted(p.name for p in (tmp_path / "es" / "checkpoints").iterdir())
+    assert f"step-{m['best']['step']:08d}" in kept
+
+
+def test_length_grouped_batches_cover_every_row_once_and_are_seeded():
+    lengths = np.random.default_rng(0).integers(5, 200, size=1000)
+    batches = epoch_batches(lengths, 16, seed=1, epoch=0)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(1000))
+    assert all(np.array_equal(x, y) for x, y in zip(batches, epoch_batches(lengths, 16, seed=1, epoch=0)))
+    assert not np.array_equal(flat, np.concatenate(epoch_batches(lengths, 16, seed=1, epoch=1)))
+    # grouping: within a batch lengths are close (much closer than random batches)
+    spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
+    assert spread < 20
