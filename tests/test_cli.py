@@ -120,8 +120,10 @@ def test_bad_inputs(run, tiny_bert, tmp_path, capsys):
     _fails(capsys, ["predict", "--model", model, "--data", str(tmp_path / "nocol.csv"), "--output", str(tmp_path / "o.csv")], "missing text column 'text'")
     (tmp_path / "empty.csv").write_text("text,label\ngoal,0\n  ,1\n")
     _fails(capsys, ["evaluate", "--model", model, "--data", str(tmp_path / "empty.csv")], "row 3: empty text")
-    (tmp_path / "unknown.csv").write_text("text,label\ngoal,0\nstock,weather\n")
+    (tmp_path / "unknown.csv").write_text("text,label\ngoal,sports\nstock,weather\n")
     _fails(capsys, ["evaluate", "--model", model, "--data", str(tmp_path / "unknown.csv")], "row 3: label 'weather' is not a known class")
+    (tmp_path / "unknown-int.csv").write_text("text,label\ngoal,0\nstock,7\n")
+    _fails(capsys, ["evaluate", "--model", model, "--data", str(tmp_path / "unknown-int.csv")], "row 3: label 7 is not a known class")
     # output equal to input: refused, and the input is untouched
     before = (run / "unlabelled.csv").read_bytes()
     _fails(capsys, ["predict", "--model", model, "--data", str(run / "unlabelled.csv"), "--output", str(run / "unlabelled.csv"), "--overwrite"], "same file as the input")

@@ -45,11 +45,11 @@ def test_resume_refuses_a_different_config(tmp_path, tiny_bert, data_dir, capsys
 
 
 def test_early_stopping_and_best_checkpoint(tmp_path, tiny_bert, data_dir):
-    cfg = _cfg(tmp_path, tiny_bert, data_dir, "es", max_steps=60, eval_steps=2, early_stopping_patience=1, learning_rate=1e-6, metric_for_best="loss")
+    cfg = _cfg(tmp_path, tiny_bert, data_dir, "es", max_steps=60, eval_steps=2, early_stopping_patience=1, learning_rate=1e-7)  # accuracy cannot move
     assert main(["train", "--config", str(cfg)]) == 0
     m = json.loads((tmp_path / "es" / "metrics.json").read_text())
     assert m["steps_done"] < 60  # stopped early
-    assert m["best"]["loss"] == min(h["loss"] for h in m["history"])
+    assert m["steps_done"] == 4 and m["best"]["step"] == 2  # the first evaluation stays the best
     kept = sorted(p.name for p in (tmp_path / "es" / "checkpoints").iterdir())
     assert f"step-{m['best']['step']:08d}" in kept
 

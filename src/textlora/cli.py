@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     from textlora.errors import UserError
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecation notices are not the user's business
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bars around our own output
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = argv[0] if argv and argv[0] in VERBS else None
     parser = build_parser(verb)

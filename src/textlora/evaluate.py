@@ -91,6 +91,7 @@ def evaluate(
     """
     from textlora.data import encode_labels, read_texts
     from textlora.fsutil import atomic_path
+    from textlora.models import read_run
     from textlora.predict import load
 
     names = ("metrics.json", "confusion_matrix.json", "confusion_matrix.png")
@@ -103,9 +104,10 @@ def evaluate(
         clash = [n for n in names if (out / n).exists()]
         if clash and not overwrite:
             raise UserError(f"--output-dir {out}: {clash[0]} already exists; pass --overwrite to replace it")
+    config, label_names = read_run(model)  # check the inputs before loading any weights
+    frame = read_texts(data, text_column or config.data.text_column, label_column or config.data.label_column)
+    y_true = encode_labels(frame, label_names)
     clf = load(model, batch_size=batch_size)
-    frame = read_texts(data, text_column or clf.config.data.text_column, label_column or clf.config.data.label_column)
-    y_true = encode_labels(frame, clf.label_names)
     y_pred = clf.logits(frame.texts, progress=True).argmax(axis=1)
     metrics = compute_metrics(y_true, y_pred, clf.label_names)
     metrics["data"] = str(data)

@@ -71,11 +71,13 @@ def load_base_model(name: str, label_names: list[str], *, weights: bool = True, 
 
             verbosity = hf_logging.get_verbosity()
             hf_logging.set_verbosity_error()  # the "classifier newly initialised" report is expected
+            hf_logging.disable_progress_bar()  # no "Loading weights" bars around textlora's own output
             try:
                 # a folder that is already a classifier for other labels gets a fresh head
                 return AutoModelForSequenceClassification.from_pretrained(path, ignore_mismatched_sizes=True, **kwargs)
             finally:
                 hf_logging.set_verbosity(verbosity)
+                hf_logging.enable_progress_bar()
         config = AutoConfig.from_pretrained(path, **kwargs)
         return AutoModelForSequenceClassification.from_config(config)
     except (OSError, ValueError) as e:
@@ -195,6 +197,14 @@ def check_run_dir(run_dir: str | Path) -> Path:
 RUN_FORMAT = 1  # bump when the run directory's layout changes
 
 
+def read_run(run_dir: str | Path):
+    """The resolved config and label names of a run directory, without loading any weights."""
+    from textlora.config import config_from_dict, read_yaml
+
+    run = check_run_dir(run_dir)
+    return config_from_dict(read_yaml(run / "config.yaml")), json.loads((run / "labels.json").read_text())
+
+
 def load_classifier(run_dir: str | Path, *, merge: bool = True):
     """Load a run directory: returns (model in eval mode, tokenizer, label_names, config).
 
@@ -203,11 +213,8 @@ def load_classifier(run_dir: str | Path, *, merge: bool = True):
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from textlora.config import config_from_dict, read_yaml
-
     run = check_run_dir(run_dir)
-    config = config_from_dict(read_yaml(run / "config.yaml"))
-    label_names = json.loads((run / "labels.json").read_text())
+    config, label_names = read_run(run)
     base = load_base_model(config.model.name, label_names, attn_implementation=config.model.attn_implementation)
     model = PeftModel.from_pretrained(base, str(run))
     if merge:

@@ -157,6 +157,7 @@ def predict(
 
     from textlora.data import read_texts
     from textlora.fsutil import atomic_path, check_output_path
+    from textlora.models import check_run_dir
 
     if (data is None) == (text is None):
         raise UserError("predict: give either --data FILE (with --output) or --text TEXT")
@@ -170,6 +171,7 @@ def predict(
     if output is None:
         raise UserError("predict: --output is required with --data")
     out = check_output_path(output, inputs=[data], overwrite=overwrite, flag="--output")
+    check_run_dir(model)
     frame = read_texts(data, text_column, None, require_labels=False)
     clf = load(model, batch_size=batch_size)
     probs = clf.predict_proba(frame.texts, progress=True)
