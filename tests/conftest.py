@@ -56,7 +56,9 @@ def pretrain_tiny_bert(folder: Path, steps: int = 150):
 
     tok = make_tokenizer(folder)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, max_position_embeddings=64, num_labels=3)
+    config = BertConfig(
+        vocab_size=len(tok), hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, max_position_embeddings=64, num_labels=3
+    )
     model = BertForSequenceClassification(config)
     df = make_texts(40, seed=100)
     enc = tok(df["text"].tolist(), padding=True, return_tensors="pt")

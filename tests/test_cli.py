@@ -27,7 +27,17 @@ def run(tmp_path_factory, tiny_bert):
 
 def test_train_writes_a_self_contained_run_dir(run):
     out = run / "run"
-    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "labels.json", "config.yaml", "metrics.json", "README.md", "dev.csv", "textlora.json"):
+    for name in (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+        "labels.json",
+        "config.yaml",
+        "metrics.json",
+        "README.md",
+        "dev.csv",
+        "textlora.json",
+    ):
         assert (out / name).is_file(), name
     assert json.loads((out / "labels.json").read_text()) == ["sports", "business", "science"]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -126,7 +136,11 @@ def test_bad_inputs(run, tiny_bert, tmp_path, capsys):
     _fails(capsys, ["evaluate", "--model", model, "--data", str(tmp_path / "unknown-int.csv")], "row 3: label 7 is not a known class")
     # output equal to input: refused, and the input is untouched
     before = (run / "unlabelled.csv").read_bytes()
-    _fails(capsys, ["predict", "--model", model, "--data", str(run / "unlabelled.csv"), "--output", str(run / "unlabelled.csv"), "--overwrite"], "same file as the input")
+    _fails(
+        capsys,
+        ["predict", "--model", model, "--data", str(run / "unlabelled.csv"), "--output", str(run / "unlabelled.csv"), "--overwrite"],
+        "same file as the input",
+    )
     assert (run / "unlabelled.csv").read_bytes() == before
     # an existing output is not overwritten without --overwrite
     (tmp_path / "exists.csv").write_text("keep me")

@@ -9,8 +9,16 @@ def _roberta_base_shaped(num_labels=4):
     """roberta-base's architecture from its published config, random weights (no download)."""
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
-    cfg = RobertaConfig(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                        max_position_embeddings=514, type_vocab_size=1, num_labels=num_labels)
+    cfg = RobertaConfig(
+        vocab_size=50265,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        num_labels=num_labels,
+    )
     return RobertaForSequenceClassification(cfg)
 
 

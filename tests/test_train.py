@@ -14,8 +14,13 @@ from .conftest import write_config
 
 
 def _cfg(tmp_path, tiny_bert, data_dir, out, **train):
-    return write_config(tmp_path / f"{out}.yaml", tiny_bert, data_dir / "train.csv", tmp_path / out,
-                        train={"max_steps": 12, "eval_strategy": "steps", "eval_steps": 6, "save_total_limit": 5, "logging_steps": 1, "warmup_ratio": 0.3, **train})
+    return write_config(
+        tmp_path / f"{out}.yaml",
+        tiny_bert,
+        data_dir / "train.csv",
+        tmp_path / out,
+        train={"max_steps": 12, "eval_strategy": "steps", "eval_steps": 6, "save_total_limit": 5, "logging_steps": 1, "warmup_ratio": 0.3, **train},
+    )
 
 
 def test_resume_continues_schedule_and_matches_uninterrupted_run(tmp_path, tiny_bert, data_dir):

@@ -12,20 +12,38 @@ import os
 import sys
 
 
+def _is_rank0() -> bool:
+    """False in the processes of a torchrun/accelerate launch that are not rank 0."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _train(args, extra: list[str]) -> int:
     from textlora.config import load_config
-    from textlora.train import train
+    from textlora.train import TrainingInterrupted, train
 
     config = load_config(args.config, extra)
-    out = train(config, resume=args.resume, overwrite=args.overwrite)
-    print(f"run directory: {out}")
+    try:
+        out = train(config, resume=args.resume, overwrite=args.overwrite)
+    except TrainingInterrupted as e:
+        print(f"textlora train: {e}", file=sys.stderr)
+        return 128 + e.signum
+    if _is_rank0():
+        print(f"run directory: {out}")
     return 0
 
 
 def _evaluate(args, extra: list[str]) -> int:
     from textlora.evaluate import evaluate, format_metrics
 
-    metrics = evaluate(args.model, args.data, output_dir=args.output_dir, text_column=args.text_column, label_column=args.label_column, batch_size=args.batch_size, overwrite=args.overwrite)
+    metrics = evaluate(
+        args.model,
+        args.data,
+        output_dir=args.output_dir,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+    )
     print(format_metrics(metrics))
     if args.output_dir:
         print(f"wrote {args.output_dir}/metrics.json, confusion_matrix.json, confusion_matrix.png")
@@ -35,11 +53,21 @@ def _evaluate(args, extra: list[str]) -> int:
 def _predict(args, extra: list[str]) -> int:
     from textlora.predict import predict
 
-    result = predict(args.model, data=args.data, output=args.output, text=args.text, text_column=args.text_column, with_names=args.with_names, with_probs=args.with_probs, batch_size=args.batch_size, overwrite=args.overwrite)
+    result = predict(
+        args.model,
+        data=args.data,
+        output=args.output,
+        text=args.text,
+        text_column=args.text_column,
+        with_names=args.with_names,
+        with_probs=args.with_probs,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+    )
     if isinstance(result, dict):
         print(f"{result['label']}\t{result['label_name']}")
         print(json.dumps(result["probabilities"], indent=2))
-    else:
+    elif _is_rank0():
         print(f"wrote {result}")
     return 0
 
@@ -47,41 +75,59 @@ def _predict(args, extra: list[str]) -> int:
 def _budget(args, extra: list[str]) -> int:
     from textlora.budget import budget
 
-    report = budget(args.config, extra)
+    report = budget(args.config, extra, plan=args.plan, max_trainable_params=args.max_trainable_params)
     print(report)
     return 0
 
 
 VERBS = {
     # verb: (function, library function whose docstring is the help, arguments)
-    "train": (_train, "textlora.train:train", [
-        (("--config",), dict(required=True, help="YAML config file; dotted overrides follow, e.g. --train.epochs 2")),
-        (("--resume",), dict(default="none", choices=["none", "last", "best"], help="continue from a checkpoint in output_dir")),
-        (("--overwrite",), dict(action="store_true", help="start afresh in an output_dir that already holds a run")),
-    ]),
-    "evaluate": (_evaluate, "textlora.evaluate:evaluate", [
-        (("--model",), dict(required=True, help="run directory")),
-        (("--data",), dict(required=True, help="labelled file")),
-        (("--output-dir",), dict(help="write metrics and the confusion matrix (JSON, PNG) here")),
-        (("--text-column",), dict()),
-        (("--label-column",), dict()),
-        (("--batch-size",), dict(type=int, default=256)),
-        (("--overwrite",), dict(action="store_true")),
-    ]),
-    "predict": (_predict, "textlora.predict:predict", [
-        (("--model",), dict(required=True, help="run directory")),
-        (("--data",), dict(help="file of texts")),
-        (("--output",), dict(help="CSV to write (ID,Label)")),
-        (("--text",), dict(help="classify one text and print label and probabilities")),
-        (("--text-column",), dict(default="text")),
-        (("--with-names",), dict(action="store_true", help="add a LabelName column")),
-        (("--with-probs",), dict(action="store_true", help="add a P(name) column per class")),
-        (("--batch-size",), dict(type=int, default=256)),
-        (("--overwrite",), dict(action="store_true")),
-    ]),
-    "budget": (_budget, "textlora.budget:budget", [
-        (("--config",), dict(required=True, help="YAML config file; dotted overrides follow")),
-    ]),
+    "train": (
+        _train,
+        "textlora.train:train",
+        [
+            (("--config",), dict(required=True, help="YAML config file; dotted overrides follow, e.g. --train.epochs 2")),
+            (("--resume",), dict(default="none", choices=["none", "last", "best"], help="continue from a checkpoint in output_dir")),
+            (("--overwrite",), dict(action="store_true", help="start afresh in an output_dir that already holds a run")),
+        ],
+    ),
+    "evaluate": (
+        _evaluate,
+        "textlora.evaluate:evaluate",
+        [
+            (("--model",), dict(required=True, help="run directory")),
+            (("--data",), dict(required=True, help="labelled file")),
+            (("--output-dir",), dict(help="write metrics and the confusion matrix (JSON, PNG) here")),
+            (("--text-column",), dict()),
+            (("--label-column",), dict()),
+            (("--batch-size",), dict(type=int, default=256)),
+            (("--overwrite",), dict(action="store_true")),
+        ],
+    ),
+    "predict": (
+        _predict,
+        "textlora.predict:predict",
+        [
+            (("--model",), dict(required=True, help="run directory")),
+            (("--data",), dict(help="file of texts")),
+            (("--output",), dict(help="CSV to write (ID,Label)")),
+            (("--text",), dict(help="classify one text and print label and probabilities")),
+            (("--text-column",), dict(default="text")),
+            (("--with-names",), dict(action="store_true", help="add a LabelName column")),
+            (("--with-probs",), dict(action="store_true", help="add a P(name) column per class")),
+            (("--batch-size",), dict(type=int, default=256)),
+            (("--overwrite",), dict(action="store_true")),
+        ],
+    ),
+    "budget": (
+        _budget,
+        "textlora.budget:budget",
+        [
+            (("--config",), dict(help="YAML config file (default: the built-in defaults); dotted overrides follow")),
+            (("--plan",), dict(action="store_true", help="propose LoRA settings that fill the budget")),
+            (("--max-trainable-params",), dict(type=int, help="the budget to plan for (default: budget.max_trainable_params)")),
+        ],
+    ),
 }
 
 ACCEPTS_OVERRIDES = {"train", "budget"}
@@ -120,7 +166,6 @@ def main(argv: list[str] | None = None) -> int:
     from textlora.errors import UserError
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecation notices are not the user's business
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bars around our own output
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = argv[0] if argv and argv[0] in VERBS else None
     parser = build_parser(verb)

@@ -40,6 +40,7 @@ class LoraSettings:
     dropout: float = 0.1  # dropout on the LoRA input
     target_modules: list[str] = field(default_factory=lambda: ["query", "key", "value"])
     bias: str = "all"  # which biases train: none | all | lora_only
+    auto: bool = False  # let the budget planner choose r, alpha, target_modules and bias (write `lora: auto`)
 
     def __post_init__(self) -> None:
         _check(self.r >= 1, "lora.r", "an integer >= 1", self.r)
@@ -200,6 +201,8 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
     """Build and validate a Config from a nested dict (as read from YAML)."""
+    if raw.get("lora") == "auto":  # `lora: auto` is short for letting the budget planner choose
+        raw = {**raw, "lora": {"auto": True}}
     return _build(Config, raw, "")
 
 

@@ -63,7 +63,12 @@ def plot_confusion(metrics: dict, path: str | Path) -> None:
 
 
 def format_metrics(metrics: dict) -> str:
-    lines = [f"accuracy  {metrics['accuracy']:.4f}", f"macro-F1  {metrics['macro_f1']:.4f}   (n={metrics['n']})", "", f"{'class':<20} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]
+    lines = [
+        f"accuracy  {metrics['accuracy']:.4f}",
+        f"macro-F1  {metrics['macro_f1']:.4f}   (n={metrics['n']})",
+        "",
+        f"{'class':<20} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}",
+    ]
     for name, m in metrics["per_class"].items():
         lines.append(f"{name:<20} {m['precision']:>9.4f} {m['recall']:>9.4f} {m['f1']:>9.4f} {m['support']:>8}")
     return "\n".join(lines)

@@ -38,7 +38,7 @@ def load_tokenizer(name: str):
     path = resolve_model_path(name)
     try:
         return AutoTokenizer.from_pretrained(path)
-    except OSError as e:
+    except (OSError, ValueError, KeyError) as e:
         raise UserError(f"model '{name}': cannot load its tokenizer ({str(e).splitlines()[0][:200]})") from None
 
 
@@ -80,7 +80,7 @@ def load_base_model(name: str, label_names: list[str], *, weights: bool = True, 
                 hf_logging.enable_progress_bar()
         config = AutoConfig.from_pretrained(path, **kwargs)
         return AutoModelForSequenceClassification.from_config(config)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, KeyError) as e:
         raise UserError(f"model '{name}': cannot load as a sequence classifier ({str(e).splitlines()[0][:200]})") from None
 
 
@@ -167,7 +167,10 @@ def build_model(config, label_names: list[str], *, weights: bool = True):
     """Base model + LoRA as the config says; returns (peft_model, breakdown)."""
     import torch
 
+    from textlora.budget import resolve_auto_lora
+
     model = load_base_model(config.model.name, label_names, weights=weights, attn_implementation=config.model.attn_implementation)
+    resolve_auto_lora(config, model)
     if config.model.dropout is not None:  # on CPUs, dropout's random masks can cost as much as the matmuls
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):

@@ -72,7 +72,9 @@ def sorted_batches(lengths: list[int] | np.ndarray, batch_size: int) -> list[np.
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def predict_logits(model, encoded: list[list[int]], pad_id: int, *, batch_size: int = 256, precision: str = "auto", device=None, progress: bool = False) -> np.ndarray:
+def predict_logits(
+    model, encoded: list[list[int]], pad_id: int, *, batch_size: int = 256, precision: str = "auto", device=None, progress: bool = False
+) -> np.ndarray:
     """Logits (float32, shape [N, num_labels]) for pre-tokenized texts, in input order."""
     import torch
 
@@ -118,7 +120,9 @@ class Classifier:
 
     def logits(self, texts: list[str], progress: bool = False) -> np.ndarray:
         encoded = encode_texts(self.tokenizer, texts, self.max_length)
-        return predict_logits(self.model, encoded, self.tokenizer.pad_token_id or 0, batch_size=self.batch_size, precision=self.precision, device=self.device, progress=progress)
+        return predict_logits(
+            self.model, encoded, self.tokenizer.pad_token_id or 0, batch_size=self.batch_size, precision=self.precision, device=self.device, progress=progress
+        )
 
     def predict_proba(self, texts: list[str], progress: bool = False) -> np.ndarray:
         return softmax(self.logits(texts, progress=progress))
@@ -127,6 +131,29 @@ class Classifier:
 def load(run_dir: str | os.PathLike, **kwargs) -> Classifier:
     """Load a run directory for prediction (LoRA merged into the base weights)."""
     return Classifier(run_dir, **kwargs)
+
+
+def _sharded_proba(clf: Classifier, texts: list[str]) -> np.ndarray | None:
+    """Probabilities for ``texts``; under torchrun each rank scores every world-th text and
+    rank 0 gathers them back into input order (other ranks get None)."""
+    from textlora.train import finish_distributed, init_distributed
+
+    dist_info, _ = init_distributed()
+    if dist_info.world == 1:
+        return clf.predict_proba(texts, progress=True)
+    import torch.distributed as dist
+
+    idx = np.arange(dist_info.rank, len(texts), dist_info.world)
+    part = clf.predict_proba([texts[i] for i in idx], progress=dist_info.main)
+    gathered = [None] * dist_info.world if dist_info.main else None
+    dist.gather_object((idx, part), gathered, dst=0)
+    probs = None
+    if dist_info.main:
+        probs = np.empty((len(texts), part.shape[1]), dtype=np.float32)
+        for i, p in gathered:
+            probs[i] = p
+    finish_distributed(dist_info)
+    return probs
 
 
 def predict(
@@ -174,7 +201,9 @@ def predict(
     check_run_dir(model)
     frame = read_texts(data, text_column, None, require_labels=False)
     clf = load(model, batch_size=batch_size)
-    probs = clf.predict_proba(frame.texts, progress=True)
+    probs = _sharded_proba(clf, frame.texts)
+    if probs is None:  # a rank other than 0 under torchrun: rank 0 writes the output
+        return out
     pred = probs.argmax(axis=1)
     df = pd.DataFrame({"ID": frame.ids if frame.ids is not None else np.arange(len(pred)), "Label": pred})
     if with_names:

@@ -12,7 +12,8 @@ def model_card(config, splits, breakdown, metrics: dict) -> str:
         f"LoRA text classifier on `{config.model.name}`, trained by textlora.",
         "",
         "## Data",
-        f"- training file: `{config.data.train}`" + (f", extra training files: {', '.join(f'`{e}`' for e in config.data.extra_train)}" if config.data.extra_train else ""),
+        f"- training file: `{config.data.train}`"
+        + (f", extra training files: {', '.join(f'`{e}`' for e in config.data.extra_train)}" if config.data.extra_train else ""),
         f"- {splits.counts['train_rows']:,} training rows, {splits.counts['val_rows']:,} dev rows "
         f"(stratified {config.data.val_fraction:.0%} of the training file, seed {config.seed}, taken before extra rows were added; saved as `dev.csv`)",
         f"- labels: {', '.join(f'{i} {n}' for i, n in enumerate(splits.label_names))}",

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,14 @@ from textlora.predict import encode_texts, pad_batch, predict_logits, resolve_pr
 
 MEGA_BATCH = 50  # length grouping sorts within shuffled windows of this many batches
 # Settings that may change between a checkpoint and its resume; any other difference is refused.
-RESUMABLE_CHANGES = {"output_dir", "train.eval_batch_size", "train.logging_steps", "train.num_workers", "train.save_total_limit", "train.early_stopping_patience"}
+RESUMABLE_CHANGES = {
+    "output_dir",
+    "train.eval_batch_size",
+    "train.logging_steps",
+    "train.num_workers",
+    "train.save_total_limit",
+    "train.early_stopping_patience",
+}
 
 
 # --- batching ----------------------------------------------------------------------------
@@ -72,6 +80,17 @@ class Dist:
 
             dist.barrier()
 
+    def any_flag(self, flag: bool) -> bool:
+        """True on every rank if any rank raised ``flag`` (e.g. a signal arrived)."""
+        if self.world == 1:
+            return flag
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([int(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
     def broadcast_flag(self, flag: bool) -> bool:
         """Rank 0's decision, shared with every rank (e.g. early stopping)."""
         if self.world == 1:
@@ -106,6 +125,70 @@ def init_distributed():
     return Dist(rank, world, local_rank), device
 
 
+def finish_distributed(dist_info: Dist) -> None:
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+# --- interruption ------------------------------------------------------------------------
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM arrived; a resumable checkpoint was saved. ``signum`` gives the exit code."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path):
+        super().__init__(f"interrupted by signal {signum} at step {step}; saved {checkpoint}; continue with --resume last")
+        self.signum = signum
+
+
+class _Signals:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each optimizer step."""
+
+    def __init__(self):
+        self.received = 0
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+_FAULTS: dict[str, int] = {}
+
+
+def _fault(point: str) -> None:
+    """Test hook: TEXTLORA_FAULT=point:N kills this process with SIGKILL at the N-th ``point``.
+
+    Points: ``step`` (after backward, before the optimizer step), ``eval`` (during an
+    evaluation) and ``checkpoint`` (half-way through writing a checkpoint).
+    """
+    spec = os.environ.get("TEXTLORA_FAULT")
+    if not spec or not spec.startswith(point + ":"):
+        return
+    _FAULTS[point] = _FAULTS.get(point, 0) + 1
+    if _FAULTS[point] == int(spec.split(":")[1]):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 # --- checkpoints -------------------------------------------------------------------------
 
 
@@ -130,6 +213,8 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     root = output_dir / "checkpoints"
     if not root.is_dir():
         return []
+    for stale in root.glob(".step-*"):  # temp dirs of checkpoint writes that were killed half-way
+        shutil.rmtree(stale, ignore_errors=True)
     found = [p for p in root.glob("step-*") if p.is_dir() and (p / "state.json").is_file()]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
@@ -146,6 +231,7 @@ def save_checkpoint(output_dir: Path, model, optimizer, scheduler, state: dict, 
     final = output_dir / "checkpoints" / f"step-{state['global_step']:08d}"
     with atomic_dir(final) as tmp:
         save_file({n: t.contiguous() for n, t in trainable_state(model).items()}, str(tmp / "trainable.safetensors"))
+        _fault("checkpoint")
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()}, tmp / "optim.pt")
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
     best = state.get("best_checkpoint")
@@ -217,6 +303,8 @@ class Fit:
     best_checkpoint: str | None = None
     bad_evals: int = 0  # evaluations since the best, for early stopping
     train_seconds: float = 0.0
+    window_loss: float = 0.0  # summed loss since the last log line (kept across resume, so logs match)
+    window_rows: int = 0
 
 
 def _is_better(value: float, best: float | None, metric: str) -> bool:
@@ -289,15 +377,20 @@ def train(config: Config, resume: str = "none", overwrite: bool = False) -> Path
     out = Path(config.output_dir)
     _check_output_dir(out, resume, overwrite)
     ckpt = pick_checkpoint(out, resume)
+    precision = resolve_precision(cfg.precision, device)
+
+    # _setup_data: read, split, tokenize once
+    splits = load_splits(config.data, config.seed)
+    if config.lora.auto:  # the plan depends on the model's shapes and the number of classes
+        from textlora.budget import resolve_auto_lora
+        from textlora.models import load_base_model
+
+        resolve_auto_lora(config, load_base_model(config.model.name, splits.label_names, weights=False))
     if ckpt is not None:
         saved = json.loads((ckpt / "state.json").read_text())["config"]
         diffs = config_differences(saved, config.to_dict())
         if diffs:
             raise UserError(f"--resume {resume}: checkpoint {ckpt.name} was made with a different config ({'; '.join(diffs[:3])})")
-    precision = resolve_precision(cfg.precision, device)
-
-    # _setup_data: read, split, tokenize once
-    splits = load_splits(config.data, config.seed)
     tokenizer = load_tokenizer(config.model.name)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     train_enc = encode_texts(tokenizer, splits.train_texts, config.model.max_length)
@@ -344,9 +437,12 @@ def train(config: Config, resume: str = "none", overwrite: bool = False) -> Path
     if dist_info.main:
         out.mkdir(parents=True, exist_ok=True)
         writer = _tensorboard(out / "logs")
-        print(f"textlora: {len(splits.train_texts):,} train rows, {len(splits.val_texts):,} dev rows, {len(splits.label_names)} classes; "
-              f"{breakdown.total:,} trainable params; {precision} on {device}; {total_steps} steps ({steps_per_epoch}/epoch) x {cfg.batch_size * cfg.grad_accum * dist_info.world} rows"
-              + (f"; resuming at step {fit.global_step} from {ckpt.name}" if ckpt else ""), flush=True)
+        print(
+            f"textlora: {len(splits.train_texts):,} train rows, {len(splits.val_texts):,} dev rows, {len(splits.label_names)} classes; "
+            f"{breakdown.total:,} trainable params; {precision} on {device}; {total_steps} steps ({steps_per_epoch}/epoch) x {cfg.batch_size * cfg.grad_accum * dist_info.world} rows"
+            + (f"; resuming at step {fit.global_step} from {ckpt.name}" if ckpt else ""),
+            flush=True,
+        )
 
     # _fit
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -354,64 +450,85 @@ def train(config: Config, resume: str = "none", overwrite: bool = False) -> Path
     model.train()
     progress = _progress(total_steps, fit.global_step, dist_info.main)
     stop = fit.global_step >= total_steps
-    t0 = time.perf_counter()
-    window_loss, window_rows, window_t = 0.0, 0, time.perf_counter()
-    while not stop:
-        epoch, step_in_epoch = divmod(fit.global_step, steps_per_epoch)
-        batches = epoch_batches(lengths, cfg.batch_size, config.seed, epoch)[dist_info.rank :: dist_info.world][:per_rank]
-        for step in range(step_in_epoch, steps_per_epoch):
-            micro = batches[step * cfg.grad_accum : (step + 1) * cfg.grad_accum]
-            for j, idx in enumerate(micro):
-                ids, mask = pad_batch([train_enc[i] for i in idx], pad_id)
-                y = labels_t[idx].to(device)
-                sync = j == len(micro) - 1 or dist_info.world == 1
-                ctx = model.no_sync() if not sync else _null()
-                with ctx:
-                    from textlora.predict import autocast
+    with _Signals() as signals:
+        t0 = time.perf_counter()
+        window_t = time.perf_counter()
+        while not stop:
+            epoch, step_in_epoch = divmod(fit.global_step, steps_per_epoch)
+            batches = epoch_batches(lengths, cfg.batch_size, config.seed, epoch)[dist_info.rank :: dist_info.world][:per_rank]
+            for step in range(step_in_epoch, steps_per_epoch):
+                micro = batches[step * cfg.grad_accum : (step + 1) * cfg.grad_accum]
+                for j, idx in enumerate(micro):
+                    ids, mask = pad_batch([train_enc[i] for i in idx], pad_id)
+                    y = labels_t[idx].to(device)
+                    sync = j == len(micro) - 1 or dist_info.world == 1
+                    ctx = model.no_sync() if not sync else _null()
+                    with ctx:
+                        from textlora.predict import autocast
 
-                    with autocast(precision, device):
-                        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-                    loss = loss_fn(logits.float(), y) / len(micro)
-                    (scaler.scale(loss) if scaler else loss).backward()
-                window_loss += loss.item() * len(micro) * len(idx)
-                window_rows += len(idx)
-            if scaler:
-                scaler.unscale_(optimizer)
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.max_grad_norm)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            fit.global_step += 1
-            progress.update(1)
-            if fit.global_step % cfg.logging_steps == 0 and dist_info.main:
-                rate = window_rows * dist_info.world / max(time.perf_counter() - window_t, 1e-9)
-                entry = {"step": fit.global_step, "epoch": round(fit.global_step / steps_per_epoch, 4), "loss": window_loss / max(window_rows, 1), "lr": scheduler.get_last_lr()[0], "rows_per_s": rate}
-                fit.train_log.append(entry)
-                _log_scalars(writer, "train", entry)
-                progress.set_postfix(loss=f"{entry['loss']:.4f}", rows_s=f"{rate:.0f}")
-                window_loss, window_rows, window_t = 0.0, 0, time.perf_counter()
-            end_of_epoch = step == steps_per_epoch - 1
-            last = fit.global_step >= total_steps
-            due = (cfg.eval_strategy == "steps" and fit.global_step % cfg.eval_steps == 0) or (cfg.eval_strategy == "epoch" and end_of_epoch) or last
-            if due:
-                fit.train_seconds += time.perf_counter() - t0
-                stop = _eval_and_checkpoint(core, fit, out, optimizer, scheduler, config, dist_info, writer, val_enc, splits, pad_id, precision, device, steps_per_epoch)
-                t0 = time.perf_counter()
-                window_t = time.perf_counter()
-            if last or stop:
-                stop = True
-                break
+                        with autocast(precision, device):
+                            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+                        loss = loss_fn(logits.float(), y) / len(micro)
+                        (scaler.scale(loss) if scaler else loss).backward()
+                    fit.window_loss += loss.item() * len(micro) * len(idx)
+                    fit.window_rows += len(idx)
+                _fault("step")
+                if scaler:
+                    scaler.unscale_(optimizer)
+                if cfg.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.max_grad_norm)
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                fit.global_step += 1
+                progress.update(1)
+                if fit.global_step % cfg.logging_steps == 0 and dist_info.main:
+                    rate = fit.window_rows * dist_info.world / max(time.perf_counter() - window_t, 1e-9)
+                    entry = {
+                        "step": fit.global_step,
+                        "epoch": round(fit.global_step / steps_per_epoch, 4),
+                        "loss": fit.window_loss / max(fit.window_rows, 1),
+                        "lr": scheduler.get_last_lr()[0],
+                        "rows_per_s": rate,
+                    }
+                    fit.train_log.append(entry)
+                    _log_scalars(writer, "train", entry)
+                    progress.set_postfix(loss=f"{entry['loss']:.4f}", rows_s=f"{rate:.0f}")
+                    fit.window_loss, fit.window_rows, window_t = 0.0, 0, time.perf_counter()
+                end_of_epoch = step == steps_per_epoch - 1
+                last = fit.global_step >= total_steps
+                due = (cfg.eval_strategy == "steps" and fit.global_step % cfg.eval_steps == 0) or (cfg.eval_strategy == "epoch" and end_of_epoch) or last
+                if due:
+                    fit.train_seconds += time.perf_counter() - t0
+                    stop = _eval_and_checkpoint(
+                        core, fit, out, optimizer, scheduler, config, dist_info, writer, val_enc, splits, pad_id, precision, device, steps_per_epoch
+                    )
+                    t0 = time.perf_counter()
+                    window_t = time.perf_counter()
+                if last or stop:
+                    stop = True
+                    break
+                if dist_info.any_flag(bool(signals.received)):
+                    saved = (
+                        save_checkpoint(
+                            out, core, optimizer, scheduler, {**fit.__dict__, "config": config.to_dict(), "textlora_version": __version__}, cfg.save_total_limit
+                        )
+                        if dist_info.main
+                        else out
+                    )
+                    progress.close()
+                    dist_info.barrier()
+                    raise TrainingInterrupted(signals.received or signal.SIGTERM, fit.global_step, saved)
     progress.close()
     if dist_info.main:
         if writer:
             writer.close()
         _write_run_dir(core, tokenizer, config, splits, breakdown, fit, out, precision, total_steps)
-    dist_info.barrier()
+    finish_distributed(dist_info)
     return out
 
 
@@ -426,6 +543,7 @@ def _eval_and_checkpoint(core, fit, out, optimizer, scheduler, config, dist_info
     cfg = config.train
     stop = False
     if dist_info.main:
+        _fault("eval")
         m = _evaluate(core, val_enc, splits.val_labels, pad_id, cfg, precision, device, splits.label_names)
         entry = {"step": fit.global_step, "epoch": round(fit.global_step / steps_per_epoch, 4), **m}
         fit.history.append(entry)
@@ -436,8 +554,11 @@ def _eval_and_checkpoint(core, fit, out, optimizer, scheduler, config, dist_info
             fit.best_metric, fit.best_checkpoint, fit.bad_evals = value, name, 0
         else:
             fit.bad_evals += 1
-        print(f"\nstep {fit.global_step}: dev loss {m['loss']:.4f}, accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}"
-              + (" (best)" if fit.best_checkpoint == name else ""), flush=True)
+        print(
+            f"\nstep {fit.global_step}: dev loss {m['loss']:.4f}, accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}"
+            + (" (best)" if fit.best_checkpoint == name else ""),
+            flush=True,
+        )
         state = {**fit.__dict__, "config": config.to_dict(), "textlora_version": __version__}
         save_checkpoint(out, core, optimizer, scheduler, state, cfg.save_total_limit)
         stop = cfg.early_stopping_patience > 0 and fit.bad_evals >= cfg.early_stopping_patience

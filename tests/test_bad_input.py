@@ -1,0 +1,129 @@
+"""The bad-input corpus (tests/data/bad/): every relevant verb on every file gives one line, exit 2,
+no traceback, and leaves every file as it was. Quirky but valid files (tests/data/ok/) are handled."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from textlora.cli import main
+
+from .conftest import write_config
+
+BAD = Path(__file__).parent / "data" / "bad"
+OK = Path(__file__).parent / "data" / "ok"
+
+# file -> {verb: expected message}; verbs: train (as data.train), evaluate, predict
+CASES = {
+    "empty.csv": {"train": "file is empty", "evaluate": "file is empty", "predict": "file is empty"},
+    "header_only.csv": {"train": "no rows", "evaluate": "no rows", "predict": "no rows"},
+    "no_text_column.csv": {"train": "missing text column 'text'", "evaluate": "missing text column 'text'", "predict": "missing text column 'text'"},
+    "no_label_column.csv": {"train": "missing label column 'label'", "evaluate": "missing label column 'label'"},
+    "duplicate_column.csv": {"train": "duplicate column name 'text'", "evaluate": "duplicate column name 'text'", "predict": "duplicate column name 'text'"},
+    "whitespace_text.csv": {"train": "row 3: empty text", "evaluate": "row 3: empty text", "predict": "row 3: empty text"},
+    "nan_label.csv": {"train": "row 3: empty label", "evaluate": "row 3: empty label"},
+    "empty_label.csv": {"train": "row 3: empty label", "evaluate": "row 3: empty label"},
+    "unknown_label.csv": {"evaluate": "row 3: label 'weather' is not a known class"},
+    "mixed_labels.csv": {"train": "mixes integer and string labels", "evaluate": "mixes integer and string labels"},
+    "single_class.csv": {"train": "only one class"},
+    "too_few_rows.csv": {"train": "class 1 has 1 row; the validation split needs at least 2 rows a class"},
+    "invalid_utf8.csv": {"train": "not valid UTF-8", "evaluate": "not valid UTF-8", "predict": "not valid UTF-8"},
+}
+CONFIGS = {
+    "invalid_yaml.yaml": "not valid YAML",
+    "unknown_key.yaml": "unknown key 'train.epochz'",
+    "wrong_type.yaml": "train.epochs: expected a number, found 'two'",
+}
+
+
+def _digest(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def _fails(capsys, argv, message):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_bert):
+    from .conftest import make_texts
+
+    root = tmp_path_factory.mktemp("bad")
+    make_texts(20, seed=1).to_csv(root / "train.csv", index=False)
+    cfg = write_config(root / "c.yaml", tiny_bert, root / "train.csv", root / "run", train={"epochs": 1})
+    assert main(["train", "--config", str(cfg)]) == 0
+    return root
+
+
+def test_corpus_every_verb(run_dir, tiny_bert, tmp_path, capsys):
+    before = _digest(BAD)
+    observed = {}
+    cfg = write_config(tmp_path / "c.yaml", tiny_bert, run_dir / "train.csv", tmp_path / "out")
+    for name, verbs in CASES.items():
+        path = str(BAD / name)
+        for verb, message in verbs.items():
+            if verb == "train":
+                argv = ["train", "--config", str(cfg), "--data.train", path]
+            elif verb == "evaluate":
+                argv = ["evaluate", "--model", str(run_dir / "run"), "--data", path, "--output-dir", str(tmp_path / "eval")]
+            else:
+                argv = ["predict", "--model", str(run_dir / "run"), "--data", path, "--output", str(tmp_path / "pred.csv")]
+            observed[f"{verb} {name}"] = _fails(capsys, argv, message)
+            assert path in observed[f"{verb} {name}"]
+    for name, message in CONFIGS.items():
+        observed[f"train {name}"] = _fails(capsys, ["train", "--config", str(BAD / name)], message)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "eval").exists() and not (tmp_path / "pred.csv").exists()
+    assert _digest(BAD) == before  # inputs untouched
+    print(json.dumps(observed, indent=1))
+
+
+def test_paths_and_run_dirs(run_dir, tmp_path, capsys):
+    model, data = str(run_dir / "run"), str(run_dir / "train.csv")
+    _fails(capsys, ["predict", "--model", model, "--data", str(tmp_path), "--output", str(tmp_path / "p.csv")], "is a directory")
+    _fails(capsys, ["predict", "--model", model, "--data", data, "--output", str(tmp_path / "no" / "p.csv")], "directory")
+    _fails(capsys, ["predict", "--model", model, "--data", data, "--output", str(run_dir / "train.csv" / "p.csv")], "does not exist")
+    _fails(capsys, ["predict", "--model", model, "--data", data, "--output", data], "same file as the input")
+    _fails(capsys, ["evaluate", "--model", str(tmp_path / "nope"), "--data", data], "no such run directory")
+    # a run directory from another textlora format, and one with a file missing
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(run_dir / "run", other, ignore=shutil.ignore_patterns("checkpoints", "logs"))
+    (other / "textlora.json").write_text(json.dumps({"format": 999, "textlora_version": "9.0"}))
+    _fails(capsys, ["predict", "--model", str(other), "--text", "goal"], "run format 999 is not supported")
+    (other / "labels.json").unlink()
+    _fails(capsys, ["predict", "--model", str(other), "--text", "goal"], "missing labels.json")
+
+
+def test_model_paths_that_are_not_classifiers(run_dir, tiny_bert, tmp_path, capsys):
+    cfg = write_config(tmp_path / "c.yaml", tiny_bert, run_dir / "train.csv", tmp_path / "out")
+    _fails(capsys, ["train", "--config", str(cfg), "--model.name", str(tmp_path / "missing-model")], "no such folder")
+    (tmp_path / "notmodel").mkdir()
+    _fails(capsys, ["train", "--config", str(cfg), "--model.name", str(tmp_path / "notmodel")], "no config.json")
+    (tmp_path / "weird").mkdir()
+    (tmp_path / "weird" / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    _fails(capsys, ["train", "--config", str(cfg), "--model.name", str(tmp_path / "weird")], "cannot load")
+
+
+def test_quirky_files_are_handled(run_dir, tiny_bert, tmp_path):
+    """BOM, CRLF, embedded newlines and quotes, and a 100k-character text work in every verb."""
+    quirky = OK / "bom_crlf_quotes_newlines.csv"
+    long = tmp_path / "long.csv"
+    pd.DataFrame({"text": ["goal " * 20_000, "stock price"], "label": [0, 1]}).to_csv(long, index=False)
+    for data in (quirky, long):
+        assert main(["evaluate", "--model", str(run_dir / "run"), "--data", str(data)]) == 0
+        out = tmp_path / f"{data.stem}.pred.csv"
+        assert main(["predict", "--model", str(run_dir / "run"), "--data", str(data), "--output", str(out)]) == 0
+        assert len(pd.read_csv(out)) == len(pd.read_csv(data, encoding="utf-8-sig"))
+    train = tmp_path / "train.csv"
+    df = pd.read_csv(run_dir / "train.csv")
+    pd.concat([df, pd.read_csv(long)]).to_csv(train, index=False)
+    cfg = write_config(tmp_path / "c.yaml", tiny_bert, train, tmp_path / "out", train={"max_steps": 2})
+    assert main(["train", "--config", str(cfg)]) == 0

@@ -1,0 +1,67 @@
+"""Scale-out on torchrun: 2 CPU processes (gloo) train a valid run directory and shard prediction."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pandas as pd
+
+from textlora.cli import main
+
+from .conftest import write_config
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(*args, timeout=240):
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "textlora",
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_two_process_ddp_train_and_sharded_predict(tmp_path, tiny_bert, data_dir):
+    single = write_config(tmp_path / "single.yaml", tiny_bert, data_dir / "train.csv", tmp_path / "single", train={"epochs": 2})
+    assert main(["train", "--config", str(single)]) == 0
+    ddp = write_config(tmp_path / "ddp.yaml", tiny_bert, data_dir / "train.csv", tmp_path / "ddp", train={"epochs": 2})
+    r = _torchrun("train", "--config", str(ddp))
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert a.keys() == b.keys()
+    assert a["history"][0].keys() == b["history"][0].keys()
+    # each process takes half the batches: half the optimizer steps per epoch at twice the global batch
+    assert b["total_steps"] * 2 == a["total_steps"]
+    assert (tmp_path / "ddp" / "textlora.json").is_file() and (tmp_path / "ddp" / "adapter_model.safetensors").is_file()
+    assert r.stdout.count("run directory:") == 1  # one rank reports, one rank writes
+
+    out = tmp_path / "pred.csv"
+    r = _torchrun("predict", "--model", str(tmp_path / "ddp"), "--data", str(data_dir / "unlabelled.csv"), "--output", str(out), "--with-probs")
+    assert r.returncode == 0, r.stderr[-3000:]
+    sharded = pd.read_csv(out)
+    assert (
+        main(["predict", "--model", str(tmp_path / "ddp"), "--data", str(data_dir / "unlabelled.csv"), "--output", str(tmp_path / "one.csv"), "--with-probs"])
+        == 0
+    )
+    one = pd.read_csv(tmp_path / "one.csv")
+    assert sharded["ID"].tolist() == one["ID"].tolist() == list(range(100, 124))
+    assert (sharded["Label"] == one["Label"]).all()
+    assert abs(sharded.iloc[:, 2:].to_numpy() - one.iloc[:, 2:].to_numpy()).max() < 1e-4
