@@ -80,6 +80,14 @@ def _budget(args, extra: list[str]) -> int:
     return 0
 
 
+def _export(args, extra: list[str]) -> int:
+    from textlora.export import export
+
+    out = export(args.model, args.output, format=args.format, quantize=args.quantize, overwrite=args.overwrite)
+    print(f"wrote {out}")
+    return 0
+
+
 VERBS = {
     # verb: (function, library function whose docstring is the help, arguments)
     "train": (
@@ -100,7 +108,7 @@ VERBS = {
             (("--output-dir",), dict(help="write metrics and the confusion matrix (JSON, PNG) here")),
             (("--text-column",), dict()),
             (("--label-column",), dict()),
-            (("--batch-size",), dict(type=int, default=256)),
+            (("--batch-size",), dict(type=int, default=32)),
             (("--overwrite",), dict(action="store_true")),
         ],
     ),
@@ -115,7 +123,18 @@ VERBS = {
             (("--text-column",), dict(default="text")),
             (("--with-names",), dict(action="store_true", help="add a LabelName column")),
             (("--with-probs",), dict(action="store_true", help="add a P(name) column per class")),
-            (("--batch-size",), dict(type=int, default=256)),
+            (("--batch-size",), dict(type=int, default=32)),
+            (("--overwrite",), dict(action="store_true")),
+        ],
+    ),
+    "export": (
+        _export,
+        "textlora.export:export",
+        [
+            (("--model",), dict(required=True, help="run directory")),
+            (("--output",), dict(required=True, help="folder to write")),
+            (("--format",), dict(default="hf", choices=["hf", "onnx"])),
+            (("--quantize",), dict(choices=["int8"], help="int8 weights (onnx only)")),
             (("--overwrite",), dict(action="store_true")),
         ],
     ),
@@ -135,7 +154,8 @@ SUMMARIES = {
     "train": "train a LoRA classifier from a YAML config and write a run directory",
     "evaluate": "accuracy, macro-F1, per-class scores and confusion matrix on a labelled file",
     "predict": "predict a file to an ID,Label CSV, or one --text",
-    "budget": "print the trainable-parameter breakdown of a config against its budget",
+    "budget": "print the trainable-parameter breakdown of a config against its budget, or --plan one",
+    "export": "write a merged Hugging Face folder or an ONNX model (optionally int8)",
 }
 
 

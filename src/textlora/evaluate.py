@@ -80,7 +80,7 @@ def evaluate(
     output_dir: str | None = None,
     text_column: str | None = None,
     label_column: str | None = None,
-    batch_size: int = 256,
+    batch_size: int = 32,
     overwrite: bool = False,
 ) -> dict:
     """Metrics of a trained run on any labelled file.

@@ -181,20 +181,26 @@ def build_model(config, label_names: list[str], *, weights: bool = True):
 
 # --- loading a run directory -------------------------------------------------------------
 
-RUN_FILES = ("config.yaml", "labels.json", "adapter_config.json", "textlora.json")
-
-
 def check_run_dir(run_dir: str | Path) -> Path:
+    """Check that ``run_dir`` is a complete run (or ONNX export) this textlora can read."""
     run = Path(run_dir)
     if not run.is_dir():
         raise UserError(f"--model {run}: no such run directory")
-    missing = [f for f in RUN_FILES if not (run / f).is_file()]
-    if missing:
-        raise UserError(f"--model {run}: not a complete textlora run directory (missing {', '.join(missing)})")
+    if not (run / "textlora.json").is_file():
+        raise UserError(f"--model {run}: not a complete textlora run directory (missing textlora.json)")
     meta = json.loads((run / "textlora.json").read_text())
     if meta.get("format") != RUN_FORMAT:
         raise UserError(f"--model {run}: run format {meta.get('format')!r} is not supported by this textlora (expects {RUN_FORMAT})")
+    needed = ["config.yaml", "labels.json", meta["onnx_file"] if meta.get("backend") == "onnx" else "adapter_config.json"]
+    missing = [f for f in needed if not (run / f).is_file()]
+    if missing:
+        raise UserError(f"--model {run}: not a complete textlora run directory (missing {', '.join(missing)})")
     return run
+
+
+def run_backend(run_dir: str | Path) -> str:
+    """``torch`` for a run directory, ``onnx`` for an ONNX export."""
+    return json.loads((Path(run_dir) / "textlora.json").read_text()).get("backend", "torch")
 
 
 RUN_FORMAT = 1  # bump when the run directory's layout changes

@@ -73,7 +73,7 @@ def sorted_batches(lengths: list[int] | np.ndarray, batch_size: int) -> list[np.
 
 
 def predict_logits(
-    model, encoded: list[list[int]], pad_id: int, *, batch_size: int = 256, precision: str = "auto", device=None, progress: bool = False
+    model, encoded: list[list[int]], pad_id: int, *, batch_size: int = 32, precision: str = "auto", device=None, progress: bool = False
 ) -> np.ndarray:
     """Logits (float32, shape [N, num_labels]) for pre-tokenized texts, in input order."""
     import torch
@@ -108,7 +108,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class Classifier:
     """A loaded run directory, ready to classify texts."""
 
-    def __init__(self, run_dir: str | os.PathLike, *, precision: str = "auto", batch_size: int = 256):
+    def __init__(self, run_dir: str | os.PathLike, *, precision: str = "auto", batch_size: int = 32):
         from textlora.models import load_classifier
 
         self.model, self.tokenizer, self.label_names, self.config = load_classifier(run_dir, merge=True)
@@ -128,8 +128,14 @@ class Classifier:
         return softmax(self.logits(texts, progress=progress))
 
 
-def load(run_dir: str | os.PathLike, **kwargs) -> Classifier:
-    """Load a run directory for prediction (LoRA merged into the base weights)."""
+def load(run_dir: str | os.PathLike, **kwargs):
+    """Load a run directory (LoRA merged into the base weights) or an ONNX export for prediction."""
+    from textlora.models import check_run_dir, run_backend
+
+    if run_backend(check_run_dir(run_dir)) == "onnx":
+        from textlora.export import OnnxClassifier
+
+        return OnnxClassifier(run_dir, batch_size=kwargs.get("batch_size", 32))
     return Classifier(run_dir, **kwargs)
 
 
@@ -164,7 +170,7 @@ def predict(
     text_column: str = "text",
     with_names: bool = False,
     with_probs: bool = False,
-    batch_size: int = 256,
+    batch_size: int = 32,
     overwrite: bool = False,
 ) -> dict | Path:
     """Predict labels for a file (written as an ``ID,Label`` CSV) or for one ``text`` (returned).

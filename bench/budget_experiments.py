@@ -1,0 +1,90 @@
+"""Budget experiments: the original LoRA settings, planned configurations at several budgets, and a
+TF-IDF + logistic-regression baseline, all on the same seeded train/dev split of the shared AG News rows.
+
+    python bench/budget_experiments.py             # ~35 minutes on 2 cores
+    python bench/budget_experiments.py --only tfidf-logreg plan-1m-3ep
+
+Writes bench/results/budget/<name>/ (run directories), bench/results/budget.json and a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "configs" / "agnews-minilm.yaml"
+OUT = ROOT / "bench" / "results"
+
+# name -> dotted overrides on configs/agnews-minilm.yaml (same data, seed and dev split for all)
+EXPERIMENTS = {
+    "original-lora-1ep": ["--lora.r", "4", "--lora.alpha", "64", "--lora.dropout", "0.1", "--lora.target_modules", "[query,key,value]",
+                          "--lora.bias", "all", "--model.dropout", "null", "--train.learning_rate", "5e-4", "--train.epochs", "1"],
+    "plan-100k-1ep": ["--lora", "auto", "--budget.max_trainable_params", "100000", "--train.epochs", "1"],
+    "plan-300k-1ep": ["--lora", "auto", "--budget.max_trainable_params", "300000", "--train.epochs", "1"],
+    "plan-1m-1ep": ["--lora", "auto", "--budget.max_trainable_params", "1000000", "--train.epochs", "1"],
+    "plan-1m-3ep": ["--lora", "auto", "--budget.max_trainable_params", "1000000", "--train.epochs", "3"],
+}
+
+
+def tfidf_baseline(config, kind: str) -> dict:
+    """Word 1-2-gram TF-IDF + logistic regression (or a linear SVM) on the same split (scikit-learn)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
+
+    from textlora.data import load_splits
+    from textlora.evaluate import compute_metrics
+
+    s = load_splits(config.data, config.seed)
+    start = time.perf_counter()
+    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    model = LogisticRegression(C=10, max_iter=2000) if kind == "logreg" else LinearSVC(C=1.0)
+    clf = model.fit(vec.fit_transform(s.train_texts), s.train_labels)
+    pred = clf.predict(vec.transform(s.val_texts))
+    m = compute_metrics(s.val_labels, pred, s.label_names)
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "train_seconds": time.perf_counter() - start, "trainable_params": None, "settings": f"TF-IDF 1-2 grams, {type(model).__name__}(C={model.C:g})"}
+
+
+def lora_run(name: str, overrides: list[str]) -> dict:
+    from textlora.config import load_config
+    from textlora.train import train
+
+    config = load_config(BASE, ["--output_dir", str(OUT / "budget" / name), *overrides])
+    run = train(config, overwrite=True)
+    m = json.loads((run / "metrics.json").read_text())
+    lora = config.lora  # resolved by the planner when it said auto
+    return {
+        "accuracy": m["best"]["accuracy"], "macro_f1": m["best"]["macro_f1"], "train_seconds": m["train_seconds"],
+        "trainable_params": m["trainable_params"]["total"], "breakdown": m["trainable_params"],
+        "settings": f"r={lora.r} alpha={lora.alpha:g} {'+'.join(lora.target_modules)} bias={lora.bias}, {config.train.epochs:g} ep, lr {config.train.learning_rate:g}",
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="*", help="names to run (tfidf and/or experiment names)")
+    a = p.parse_args()
+    from textlora.config import load_config
+
+    path = OUT / "budget.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    names = a.only or ["tfidf-logreg", "tfidf-linearsvm", *EXPERIMENTS]
+    for name in names:
+        print(f"== {name}", flush=True)
+        results[name] = tfidf_baseline(load_config(BASE), name.split("-")[1]) if name.startswith("tfidf") else lora_run(name, EXPERIMENTS[name])
+        print(json.dumps({k: v for k, v in results[name].items() if k != "breakdown"}), flush=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2))  # saved after each, so a partial run keeps its numbers
+    lines = ["| run | settings | trainable params | dev accuracy | dev macro-F1 | training time (s) |", "|---|---|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        params = f"{r['trainable_params']:,}" if r["trainable_params"] else "-"
+        lines.append(f"| {name} | {r['settings']} | {params} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['train_seconds']:.0f} |")
+    (OUT / "budget.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Export a run: a merged Hugging Face folder, or an ONNX model (optionally int8) that predict can run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from textlora.errors import UserError
+
+ONNX_FILE = "model.onnx"
+
+
+def _check_output_dir(output: str, overwrite: bool) -> Path:
+    out = Path(output)
+    if out.exists() and not overwrite:
+        raise UserError(f"--output {out}: already exists; pass --overwrite to replace it")
+    if not out.parent.is_dir():
+        raise UserError(f"--output {out}: directory {out.parent} does not exist")
+    return out
+
+
+def export(model: str, output: str, format: str = "hf", quantize: str | None = None, overwrite: bool = False) -> Path:
+    """Export a run directory for serving elsewhere.
+
+    Args:
+        model: run directory written by ``textlora train``.
+        output: folder to write (written to a temp folder, then renamed into place).
+        format: ``hf``: a merged model folder that ``transformers.pipeline("text-classification", model=DIR)``
+            loads as it is; ``onnx``: an ONNX model that onnxruntime runs and ``textlora predict --model DIR`` uses.
+        quantize: ``int8`` for dynamic int8 quantization of the ONNX model's weights (onnx only).
+        overwrite: replace an existing output folder.
+    """
+    from textlora.fsutil import atomic_dir
+    from textlora.models import check_run_dir, load_classifier
+
+    if format not in ("hf", "onnx"):
+        raise UserError(f"--format: expected hf or onnx, found {format!r}")
+    if quantize not in (None, "int8"):
+        raise UserError(f"--quantize: expected int8, found {quantize!r}")
+    if quantize and format != "onnx":
+        raise UserError("--quantize int8 needs --format onnx")
+    run = check_run_dir(model)
+    out = _check_output_dir(output, overwrite)
+    merged, tokenizer, label_names, config = load_classifier(run, merge=True)
+    with atomic_dir(out) as tmp:
+        tokenizer.save_pretrained(str(tmp))
+        if format == "hf":
+            merged.save_pretrained(str(tmp))
+        else:
+            _export_onnx(merged, tokenizer, tmp / ONNX_FILE)
+            if quantize:
+                _quantize(tmp / ONNX_FILE)
+            for name in ("config.yaml", "labels.json"):
+                shutil.copy(run / name, tmp / name)
+            meta = json.loads((run / "textlora.json").read_text())
+            (tmp / "textlora.json").write_text(json.dumps({**meta, "backend": "onnx", "onnx_file": ONNX_FILE, "quantize": quantize}))
+    return out
+
+
+class _LogitsOnly:
+    """Wraps a classifier so that tracing sees (input_ids, attention_mask) -> logits."""
+
+    def __new__(cls, model):
+        import torch
+
+        class Wrapper(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, input_ids, attention_mask):
+                return self.m(input_ids=input_ids, attention_mask=attention_mask).logits
+
+        return Wrapper(model)
+
+
+def _export_onnx(model, tokenizer, path: Path) -> None:
+    import torch
+
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise UserError("--format onnx needs the onnx and onnxruntime packages (pip install 'textlora[onnx]')") from None
+    model = model.float().eval()
+    ids = torch.tensor([tokenizer("an example text to trace")["input_ids"]] * 2)
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        torch.onnx.export(
+            _LogitsOnly(model),
+            (ids, mask),
+            str(path),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits"],
+            dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+
+
+def _quantize(path: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = path.with_suffix(".int8.onnx")
+    # per-channel scales: -0.1 pt dev accuracy on AG News/MiniLM, where per-tensor scales cost -0.4 pt
+    quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+    tmp.replace(path)
+
+
+class OnnxClassifier:
+    """An exported ONNX run, with the same interface as ``predict.Classifier``."""
+
+    def __init__(self, export_dir: str | Path, batch_size: int = 32):
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        from textlora.models import read_run
+
+        export_dir = Path(export_dir)
+        self.config, self.label_names = read_run(export_dir)
+        meta = json.loads((export_dir / "textlora.json").read_text())
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(export_dir / meta["onnx_file"]), options, providers=["CPUExecutionProvider"])
+        self.tokenizer = AutoTokenizer.from_pretrained(str(export_dir))
+        self.batch_size = batch_size
+        self.max_length = self.config.model.max_length
+
+    def logits(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        from textlora.predict import encode_texts, pad_batch, sorted_batches
+
+        encoded = encode_texts(self.tokenizer, texts, self.max_length)
+        out = None
+        for idx in sorted_batches([len(s) for s in encoded], self.batch_size):
+            ids, mask = pad_batch([encoded[i] for i in idx], self.tokenizer.pad_token_id or 0)
+            logits = self.session.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+            if out is None:
+                out = np.empty((len(encoded), logits.shape[1]), dtype=np.float32)
+            out[idx] = logits
+        return out
+
+    def predict_proba(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        from textlora.predict import softmax
+
+        return softmax(self.logits(texts))
