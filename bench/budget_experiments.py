@@ -20,8 +20,24 @@ OUT = ROOT / "bench" / "results"
 
 # name -> dotted overrides on configs/agnews-minilm.yaml (same data, seed and dev split for all)
 EXPERIMENTS = {
-    "original-lora-1ep": ["--lora.r", "4", "--lora.alpha", "64", "--lora.dropout", "0.1", "--lora.target_modules", "[query,key,value]",
-                          "--lora.bias", "all", "--model.dropout", "null", "--train.learning_rate", "5e-4", "--train.epochs", "1"],
+    "original-lora-1ep": [
+        "--lora.r",
+        "4",
+        "--lora.alpha",
+        "64",
+        "--lora.dropout",
+        "0.1",
+        "--lora.target_modules",
+        "[query,key,value]",
+        "--lora.bias",
+        "all",
+        "--model.dropout",
+        "null",
+        "--train.learning_rate",
+        "5e-4",
+        "--train.epochs",
+        "1",
+    ],
     "plan-100k-1ep": ["--lora", "auto", "--budget.max_trainable_params", "100000", "--train.epochs", "1"],
     "plan-300k-1ep": ["--lora", "auto", "--budget.max_trainable_params", "300000", "--train.epochs", "1"],
     "plan-1m-1ep": ["--lora", "auto", "--budget.max_trainable_params", "1000000", "--train.epochs", "1"],
@@ -45,7 +61,13 @@ def tfidf_baseline(config, kind: str) -> dict:
     clf = model.fit(vec.fit_transform(s.train_texts), s.train_labels)
     pred = clf.predict(vec.transform(s.val_texts))
     m = compute_metrics(s.val_labels, pred, s.label_names)
-    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "train_seconds": time.perf_counter() - start, "trainable_params": None, "settings": f"TF-IDF 1-2 grams, {type(model).__name__}(C={model.C:g})"}
+    return {
+        "accuracy": m["accuracy"],
+        "macro_f1": m["macro_f1"],
+        "train_seconds": time.perf_counter() - start,
+        "trainable_params": None,
+        "settings": f"TF-IDF 1-2 grams, {type(model).__name__}(C={model.C:g})",
+    }
 
 
 def lora_run(name: str, overrides: list[str]) -> dict:
@@ -57,8 +79,11 @@ def lora_run(name: str, overrides: list[str]) -> dict:
     m = json.loads((run / "metrics.json").read_text())
     lora = config.lora  # resolved by the planner when it said auto
     return {
-        "accuracy": m["best"]["accuracy"], "macro_f1": m["best"]["macro_f1"], "train_seconds": m["train_seconds"],
-        "trainable_params": m["trainable_params"]["total"], "breakdown": m["trainable_params"],
+        "accuracy": m["best"]["accuracy"],
+        "macro_f1": m["best"]["macro_f1"],
+        "train_seconds": m["train_seconds"],
+        "trainable_params": m["trainable_params"]["total"],
+        "breakdown": m["trainable_params"],
         "settings": f"r={lora.r} alpha={lora.alpha:g} {'+'.join(lora.target_modules)} bias={lora.bias}, {config.train.epochs:g} ep, lr {config.train.learning_rate:g}",
     }
 

@@ -36,7 +36,9 @@ def original_lora(model_dir):
 
     torch.manual_seed(0)
     base = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=4)
-    return get_peft_model(base, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=64, lora_dropout=0.1, target_modules=["query", "key", "value"], bias="all"))
+    return get_peft_model(
+        base, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=64, lora_dropout=0.1, target_modules=["query", "key", "value"], bias="all")
+    )
 
 
 def bench_original_train(model_dir, tokenizer, texts, labels, steps: int, batch: int) -> dict:
@@ -56,8 +58,17 @@ def bench_original_train(model_dir, tokenizer, texts, labels, steps: int, batch:
 
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=batch, learning_rate=2e-5, weight_decay=0.01, max_steps=steps + 1,
-            gradient_checkpointing=True, report_to=[], logging_strategy="no", save_strategy="no", use_cpu=True, dataloader_num_workers=0,
+            output_dir=tmp,
+            per_device_train_batch_size=batch,
+            learning_rate=2e-5,
+            weight_decay=0.01,
+            max_steps=steps + 1,
+            gradient_checkpointing=True,
+            report_to=[],
+            logging_strategy="no",
+            save_strategy="no",
+            use_cpu=True,
+            dataloader_num_workers=0,
         )
         clock = Clock()
         Trainer(model=original_lora(model_dir), args=args, train_dataset=rows[: batch * (steps + 1)], callbacks=[clock]).train()
@@ -93,10 +104,21 @@ def bench_textlora_train(workdir: Path, train_csv: Path, steps: int) -> tuple[di
     from textlora.config import load_config
     from textlora.train import train
 
-    cfg = load_config(ROOT / "configs" / "agnews-minilm.yaml", [
-        "--output_dir", str(workdir / "run"), "--data.train", str(train_csv), "--train.max_steps", str(steps),
-        "--train.logging_steps", "10", "--data.val_fraction", "0.05",
-    ])
+    cfg = load_config(
+        ROOT / "configs" / "agnews-minilm.yaml",
+        [
+            "--output_dir",
+            str(workdir / "run"),
+            "--data.train",
+            str(train_csv),
+            "--train.max_steps",
+            str(steps),
+            "--train.logging_steps",
+            "10",
+            "--data.val_fraction",
+            "0.05",
+        ],
+    )
     start = time.perf_counter()
     out = train(cfg, overwrite=True)
     total = time.perf_counter() - start
@@ -131,8 +153,15 @@ def main() -> None:
     texts, labels = df["text"].tolist(), df["label"].tolist()
     n_infer = 256 if a.quick else 2048
     infer_texts = texts[-n_infer:]
-    results = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                           "bf16_cpu": bool(torch.cpu._is_avx512_bf16_supported())}, "rows": {}}
+    results = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "bf16_cpu": bool(torch.cpu._is_avx512_bf16_supported()),
+        },
+        "rows": {},
+    }
 
     def record(name, r):
         results["rows"][name] = r

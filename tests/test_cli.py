@@ -161,3 +161,11 @@ def test_train_refuses_to_clobber_a_run(run, capsys):
     before = (run / "run" / "metrics.json").read_bytes()
     _fails(capsys, ["train", "--config", str(run / "c.yaml")], "already holds a run")
     assert (run / "run" / "metrics.json").read_bytes() == before
+
+
+def test_outputs_have_ordinary_permissions(run):
+    import stat
+
+    out = run / "perm.csv"
+    assert main(["predict", "--model", str(run / "run"), "--data", str(run / "unlabelled.csv"), "--output", str(out)]) == 0
+    assert stat.S_IMODE(out.stat().st_mode) & 0o044  # readable by others, not 0600 from mkstemp

@@ -69,3 +69,17 @@ def test_length_grouped_batches_cover_every_row_once_and_are_seeded():
     # grouping: within a batch lengths are close (much closer than random batches)
     spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
     assert spread < 20
+
+
+def test_same_config_and_seed_give_identical_predictions(tmp_path, tiny_bert, data_dir):
+    """Determinism on the CPU: two runs of one config predict exactly the same probabilities."""
+    import pandas as pd
+
+    outs = []
+    for name in ("one", "two"):
+        cfg = write_config(tmp_path / f"{name}.yaml", tiny_bert, data_dir / "train.csv", tmp_path / name, train={"epochs": 2, "precision": "auto"})
+        assert main(["train", "--config", str(cfg)]) == 0
+        out = tmp_path / f"{name}.csv"
+        assert main(["predict", "--model", str(tmp_path / name), "--data", str(data_dir / "test.csv"), "--output", str(out), "--with-probs"]) == 0
+        outs.append(pd.read_csv(out))
+    assert outs[0].equals(outs[1])

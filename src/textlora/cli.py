@@ -88,6 +88,20 @@ def _export(args, extra: list[str]) -> int:
     return 0
 
 
+def _report(args, extra: list[str]) -> int:
+    from textlora.report import build_report
+
+    print(f"wrote {build_report(args.model, data=args.data, output=args.output, overwrite=args.overwrite)}")
+    return 0
+
+
+def _serve(args, extra: list[str]) -> int:
+    from textlora.serve import serve
+
+    serve(args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_chars=args.max_chars)
+    return 0
+
+
 VERBS = {
     # verb: (function, library function whose docstring is the help, arguments)
     "train": (
@@ -138,6 +152,27 @@ VERBS = {
             (("--overwrite",), dict(action="store_true")),
         ],
     ),
+    "report": (
+        _report,
+        "textlora.report:build_report",
+        [
+            (("--model",), dict(required=True, help="run directory")),
+            (("--data",), dict(help="labelled file (default: RUN/dev.csv)")),
+            (("--output",), dict(help="HTML file (default: RUN/report.html)")),
+            (("--overwrite",), dict(action="store_true")),
+        ],
+    ),
+    "serve": (
+        _serve,
+        "textlora.serve:serve",
+        [
+            (("--model",), dict(required=True, help="run directory")),
+            (("--host",), dict(default="127.0.0.1")),
+            (("--port",), dict(type=int, default=8000)),
+            (("--max-batch",), dict(type=int, default=64, help="most texts per request (more: 413)")),
+            (("--max-chars",), dict(type=int, default=10_000, help="texts are cut to this many characters")),
+        ],
+    ),
     "budget": (
         _budget,
         "textlora.budget:budget",
@@ -156,6 +191,8 @@ SUMMARIES = {
     "predict": "predict a file to an ID,Label CSV, or one --text",
     "budget": "print the trainable-parameter breakdown of a config against its budget, or --plan one",
     "export": "write a merged Hugging Face folder or an ONNX model (optionally int8)",
+    "report": "write a self-contained HTML report: curves, confusion matrix, mistakes, timings",
+    "serve": "serve a run over HTTP with a small web page (loopback by default)",
 }
 
 

@@ -181,6 +181,7 @@ def build_model(config, label_names: list[str], *, weights: bool = True):
 
 # --- loading a run directory -------------------------------------------------------------
 
+
 def check_run_dir(run_dir: str | Path) -> Path:
     """Check that ``run_dir`` is a complete run (or ONNX export) this textlora can read."""
     run = Path(run_dir)

@@ -36,7 +36,10 @@ def model_card(config, splits, breakdown, metrics: dict) -> str:
         "```bash",
         "textlora predict --model THIS_DIR --data texts.csv --output predictions.csv",
         "textlora evaluate --model THIS_DIR --data THIS_DIR/dev.csv",
+        "textlora report --model THIS_DIR          # writes report.html: curves, confusion matrix, mistakes",
+        "textlora serve --model THIS_DIR           # http://127.0.0.1:8000/",
         "```",
+        "The full report, once written: [report.html](report.html).",
         "With peft directly (the classifier head is saved with the adapter):",
         "```python",
         "from peft import PeftModel",
@@ -48,3 +51,181 @@ def model_card(config, splits, breakdown, metrics: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+# --- the HTML report ----------------------------------------------------------------------
+
+
+def _png(fig) -> str:
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _curves(metrics: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
+    log, hist = metrics.get("train_log", []), metrics.get("history", [])
+    if log:
+        a.plot([e["step"] for e in log], [e["loss"] for e in log], label="train loss", color="#2f5bd3")
+    if hist:
+        a.plot([h["step"] for h in hist], [h["loss"] for h in hist], "o-", label="dev loss", color="#d35f2f")
+        b.plot([h["step"] for h in hist], [h["accuracy"] for h in hist], "o-", label="dev accuracy", color="#1a8f4c")
+        b.plot([h["step"] for h in hist], [h["macro_f1"] for h in hist], "s--", label="dev macro-F1", color="#7a3fb0")
+    for ax, title in ((a, "loss"), (b, "dev metrics")):
+        ax.set_xlabel("optimizer step")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.ticklabel_format(axis="y", useOffset=False)
+        ax.legend()
+    return _png(fig)
+
+
+def _confusion_png(metrics: dict) -> str:
+    import tempfile
+    from pathlib import Path
+
+    from textlora.evaluate import plot_confusion
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "cm.png"
+        plot_confusion(metrics, path)
+        import base64
+
+        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    from html import escape
+
+    head = "".join(f"<th>{escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+REPORT_CSS = """
+body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1d2433}
+h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #dde2ea;padding-bottom:.2rem}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}td,th{border:1px solid #dde2ea;padding:.25rem .5rem;text-align:left;vertical-align:top}
+th{background:#f3f5f9}img{max-width:100%}.kpi{display:flex;gap:1rem;flex-wrap:wrap}.kpi div{background:#f3f5f9;border-radius:8px;padding:.6rem 1rem}
+.kpi b{display:block;font-size:1.3rem}pre{background:#f6f8fa;padding:.6rem;overflow-x:auto;font-size:.8rem}
+"""
+
+
+def build_report(model: str, data: str | None = None, output: str | None = None, top_mistakes: int = 15, overwrite: bool = False) -> str:
+    """Write a self-contained HTML report of a run: config and parameters, curves, confusion matrix,
+    per-class scores, the most confident mistakes, extra (synthetic) rows, and timings.
+
+    Args:
+        model: run directory.
+        data: labelled file to analyse (default: the run's dev split, RUN/dev.csv).
+        output: HTML file to write (default: RUN/report.html, which the model card links to).
+        top_mistakes: how many of the most confident mistakes to list.
+        overwrite: replace an existing report.
+    """
+    from html import escape
+    from pathlib import Path
+
+    import yaml
+
+    from textlora.data import encode_labels, read_texts
+    from textlora.evaluate import compute_metrics
+    from textlora.fsutil import atomic_path, check_output_path
+    from textlora.models import read_run
+    from textlora.predict import load
+
+    run = Path(model)
+    config, names = read_run(run)
+    data = data or str(run / "dev.csv")
+    out = check_output_path(output or run / "report.html", inputs=[data], overwrite=overwrite, flag="--output")
+    frame = read_texts(data, config.data.text_column, config.data.label_column)
+    y = encode_labels(frame, names)
+    import json
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    probs = load(run).predict_proba(frame.texts)
+    pred = probs.argmax(axis=1)
+    m = compute_metrics(y, pred, names)
+    wrong = [i for i in range(len(y)) if pred[i] != y[i]]
+    wrong.sort(key=lambda i: -probs[i, pred[i]])
+    bd = metrics.get("trainable_params", {})
+    d = metrics.get("data", {})
+    best = metrics.get("best") or {}
+    log = metrics.get("train_log", [])
+    rate = sorted(e["rows_per_s"] for e in log)[len(log) // 2] if log else None
+    parts = [
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>textlora report: {escape(run.name)}</title><style>{REPORT_CSS}</style></head><body>",
+        f"<h1>textlora report: {escape(run.name)}</h1>",
+        f"<p>{escape(config.model.name)} + LoRA, evaluated on <code>{escape(data)}</code> ({len(y):,} rows).</p>",
+        "<div class='kpi'>"
+        + f"<div>accuracy<b>{m['accuracy']:.4f}</b></div><div>macro-F1<b>{m['macro_f1']:.4f}</b></div>"
+        + f"<div>trainable params<b>{bd.get('total', 0):,}</b></div><div>training time<b>{metrics.get('train_seconds', 0):.0f} s</b></div></div>",
+        "<h2 id='config'>Configuration and parameters</h2>",
+        _table(["part", "parameters"], [[k, f"{v:,}"] for k, v in bd.items()] + [["budget", f"{config.budget.max_trainable_params:,}"]]),
+        f"<details><summary>resolved config.yaml</summary><pre>{escape(yaml.safe_dump(config.to_dict(), sort_keys=False))}</pre></details>",
+        "<h2 id='curves'>Training and validation curves</h2>",
+        f"<img alt='learning curves' src='{_curves(metrics)}'>",
+        f"<p>Best checkpoint: step {best.get('step')} by {escape(str(metrics.get('metric_for_best')))}.</p>",
+        "<h2 id='confusion'>Confusion matrix</h2>",
+        f"<img alt='confusion matrix' src='{_confusion_png(m)}'>",
+        "<h2 id='per-class'>Per-class precision, recall and F1</h2>",
+        _table(
+            ["class", "precision", "recall", "F1", "support"],
+            [[n, f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", c["support"]] for n, c in m["per_class"].items()],
+        ),
+        f"<h2 id='mistakes'>Most confident mistakes ({min(top_mistakes, len(wrong))} of {len(wrong)})</h2>",
+        _table(
+            ["row", "true", "predicted", "confidence", "text"],
+            [[frame.rows[i], names[y[i]], names[pred[i]], f"{probs[i, pred[i]]:.3f}", frame.texts[i][:400]] for i in wrong[:top_mistakes]],
+        ),
+        "<h2 id='data'>Data, including synthetic rows</h2>",
+        _table(
+            ["what", "value"],
+            [["training file", config.data.train], ["extra training files", ", ".join(config.data.extra_train) or "none"]]
+            + [[k, f"{v:,}"] for k, v in d.items()],
+        ),
+        _synthetic_section(config),
+        "<h2 id='timings'>Timings</h2>",
+        _table(
+            ["what", "value"],
+            [
+                ["training seconds", f"{metrics.get('train_seconds', 0):.1f}"],
+                ["median training rows/s", f"{rate:.1f}" if rate else "-"],
+                ["optimizer steps", metrics.get("steps_done")],
+                ["precision", metrics.get("precision")],
+            ],
+        ),
+        "</body></html>",
+    ]
+    with atomic_path(out) as tmp:
+        tmp.write_text("\n".join(parts), encoding="utf-8")
+    return str(out)
+
+
+def _synthetic_section(config) -> str:
+    """For each extra training file, its filter report (written beside it by `textlora filter`) if there is one."""
+    import json
+    from html import escape
+    from pathlib import Path
+
+    if not config.data.extra_train:
+        return "<p>No extra (synthetic) training rows were used.</p>"
+    out = []
+    for extra in config.data.extra_train:
+        report = Path(extra).with_suffix(".report.json")
+        if report.is_file():
+            r = json.loads(report.read_text())
+            out.append(f"<h3>{escape(extra)}</h3><pre>{escape(json.dumps(r, indent=1)[:6000])}</pre>")
+        else:
+            out.append(f"<p><code>{escape(extra)}</code>: no filter report found beside it.</p>")
+    return "".join(out)

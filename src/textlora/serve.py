@@ -1,0 +1,177 @@
+"""A prediction service (FastAPI on uvicorn) with a small web page.
+
+Requests are queued and classified together: a background task gathers the texts of
+concurrent requests (up to ``max_batch`` texts or ``max_wait_ms``) and runs them through the fast
+inference path in a worker thread, then hands each request its own slice, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from importlib import resources
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from textlora.errors import UserError
+
+
+# Request and response bodies (module level, so that FastAPI can resolve the annotations).
+class ClassifyRequest(BaseModel):
+    texts: list[str] = Field(min_length=1, description="texts to classify, at most the server's --max-batch")
+
+
+class Prediction(BaseModel):
+    label: int
+    label_name: str
+    probabilities: dict[str, float]
+
+
+class ClassifyResponse(BaseModel):
+    predictions: list[Prediction]
+
+
+class Batcher:
+    """Collects texts from concurrent requests into batches for one model call."""
+
+    def __init__(self, classify, max_batch: int, max_wait_ms: float):
+        self.classify, self.max_batch, self.max_wait = classify, max_batch, max_wait_ms / 1000
+        self.queue: asyncio.Queue | None = None
+
+    async def submit(self, texts: list[str]):
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((texts, future))
+        return await future
+
+    async def run(self) -> None:
+        self.queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self.queue.get()]
+            n, deadline = len(items[0][0]), loop.time() + self.max_wait
+            while n < self.max_batch and (left := deadline - loop.time()) > 0:
+                try:
+                    items.append(await asyncio.wait_for(self.queue.get(), left))
+                except TimeoutError:
+                    break
+                n += len(items[-1][0])
+            texts = [t for ts, _ in items for t in ts]
+            try:
+                probs = await loop.run_in_executor(None, self.classify, texts)
+            except Exception as e:  # the requests get the error; the service goes on
+                for _, fut in items:
+                    fut.set_exception(e)
+                continue
+            start = 0
+            for ts, fut in items:
+                fut.set_result(probs[start : start + len(ts)])
+                start += len(ts)
+
+
+def _examples(run: Path, config, label_names: list[str], per_class: int = 1) -> list[str]:
+    """A few texts from the run's dev split (one a class) for the page's example buttons."""
+    import pandas as pd
+
+    dev = run / "dev.csv"
+    if not dev.is_file():
+        return []
+    df = pd.read_csv(dev)
+    col, lab = config.data.text_column, config.data.label_column
+    if col not in df or lab not in df:
+        return []
+    picks = df.groupby(lab, sort=True).head(per_class)
+    return [str(t)[:300] for t in picks[col].tolist()][: 2 * len(label_names)]
+
+
+def create_app(model: str, max_batch: int = 64, max_chars: int = 10_000, max_wait_ms: float = 5.0):
+    """The ASGI app for a run directory (or ONNX export).
+
+    Args:
+        model: run directory.
+        max_batch: most texts in one request (more: 413) and in one internal batch.
+        max_chars: texts are cut to this many characters (the tokenizer also truncates to model.max_length).
+        max_wait_ms: how long the batcher waits for more requests before running a batch.
+    """
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, HTTPException
+    from fastapi.responses import HTMLResponse
+
+    from textlora.predict import load
+
+    clf = load(model)
+    run = Path(model)
+    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    info = {
+        "label_names": clf.label_names,
+        "base_model": clf.config.model.name,
+        "max_length": clf.config.model.max_length,
+        "lora": {"r": clf.config.lora.r, "alpha": clf.config.lora.alpha, "target_modules": clf.config.lora.target_modules, "bias": clf.config.lora.bias},
+        "trainable_params": metrics.get("trainable_params"),
+        "metrics": {k: (metrics.get("best") or {}).get(k) for k in ("accuracy", "macro_f1", "loss", "step")},
+        "limits": {"max_batch": max_batch, "max_chars": max_chars},
+        "examples": _examples(run, clf.config, clf.label_names),
+    }
+    batcher = Batcher(clf.predict_proba, max_batch, max_wait_ms)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        task = asyncio.create_task(batcher.run())
+        yield
+        task.cancel()
+
+    app = FastAPI(title="textlora", version="1", lifespan=lifespan, description=f"Text classifier: {', '.join(clf.label_names)}")
+
+    @app.post("/v1/classify", response_model=ClassifyResponse)
+    async def classify(req: ClassifyRequest):
+        if len(req.texts) > max_batch:
+            raise HTTPException(413, f"{len(req.texts)} texts in one request; the limit is {max_batch}")
+        empty = [i for i, t in enumerate(req.texts) if not t.strip()]
+        if empty:
+            raise HTTPException(422, f"texts[{empty[0]}] is empty")
+        texts = [t[:max_chars] for t in req.texts]
+        probs = await batcher.submit(texts)
+        out = []
+        for p in probs:
+            k = int(p.argmax())
+            out.append({"label": k, "label_name": clf.label_names[k], "probabilities": {n: float(v) for n, v in zip(clf.label_names, p)}})
+        return {"predictions": out}
+
+    @app.get("/v1/model")
+    async def model_info():
+        return info
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    page = resources.files("textlora").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index():
+        return page
+
+    return app
+
+
+def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 64, max_chars: int = 10_000) -> None:
+    """Serve a run directory over HTTP: POST /v1/classify, GET /v1/model, GET /healthz, a web page at /.
+
+    Args:
+        model: run directory (or ONNX export).
+        host: address to bind; loopback by default. Use 0.0.0.0 only behind a firewall you trust.
+        port: TCP port.
+        max_batch: most texts per request (more get 413) and per internal batch.
+        max_chars: texts are cut to this many characters.
+    """
+    import uvicorn
+
+    from textlora.models import check_run_dir
+
+    check_run_dir(model)
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port {port}: expected 1..65535")
+    app = create_app(model, max_batch=max_batch, max_chars=max_chars)
+    print(f"textlora serve: http://{host}:{port}/ (API docs at /docs)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,195 @@
+"""The real server on a free loopback port, called over HTTP; its web page driven in headless Chromium;
+and the HTML report."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from textlora.cli import main
+
+from .conftest import make_texts, write_config
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _call(url, body=None, raw=None, timeout=30):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data is not None else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_bert):
+    root = tmp_path_factory.mktemp("serve")
+    make_texts(40, seed=1).to_csv(root / "train.csv", index=False)
+    cfg = write_config(root / "c.yaml", tiny_bert, root / "train.csv", root / "run", train={"epochs": 4})
+    assert main(["train", "--config", str(cfg)]) == 0
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def server(run):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "textlora", "serve", "--model", str(run), "--port", str(port), "--max-batch", "8"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if _call(base + "/healthz", timeout=2)[0] == 200:
+                break
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.3)
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {proc.stdout.read()}")
+    else:
+        proc.kill()
+        pytest.fail("server did not answer /healthz within 90 s")
+    yield base
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_classify_matches_predict(server, run):
+    from textlora.predict import load
+
+    texts = make_texts(2, seed=11)["text"].tolist()  # 6 texts, under --max-batch 8
+    status, body = _call(server + "/v1/classify", {"texts": texts})
+    assert status == 200
+    probs = load(run).predict_proba(texts)
+    assert [p["label"] for p in body["predictions"]] == probs.argmax(1).tolist()
+    got = np.array([[p["probabilities"][n] for n in ("sports", "business", "science")] for p in body["predictions"]])
+    assert np.allclose(got, probs, atol=1e-4)
+
+
+def test_model_health_and_openapi(server):
+    status, info = _call(server + "/v1/model")
+    assert status == 200 and info["label_names"] == ["sports", "business", "science"] and info["trainable_params"]["total"] > 0
+    assert info["examples"]  # from the run's dev split, for the page's buttons
+    assert _call(server + "/healthz") == (200, {"status": "ok"})
+    status, spec = _call(server + "/openapi.json")
+    assert status == 200 and "/v1/classify" in spec["paths"]
+
+
+def test_error_codes(server):
+    url = server + "/v1/classify"
+    assert _call(url, raw=b"{not json")[0] == 422
+    assert _call(url, {"texts": "one string"})[0] == 422
+    assert _call(url, {"texts": []})[0] == 422
+    assert _call(url, {"text": ["x"]})[0] == 422
+    status, body = _call(url, {"texts": ["goal"] * 9})
+    assert status == 413 and "limit is 8" in body["detail"]
+    assert _call(url, {"texts": ["goal", "  "]})[0] == 422
+    status, body = _call(url, {"texts": ["goal match " * 20_000]})  # over the limit: truncated, answered
+    assert status == 200 and len(body["predictions"]) == 1
+
+
+def test_concurrent_requests_are_all_answered_correctly(server, run):
+    from textlora.predict import load
+
+    pool_texts = make_texts(20, seed=12)["text"].tolist()
+    expected = dict(zip(pool_texts, load(run).predict_proba(pool_texts).argmax(1).tolist()))
+    requests = [pool_texts[i % 60 : i % 60 + 1 + i % 3] for i in range(200)]
+
+    def one(texts):
+        status, body = _call(server + "/v1/classify", {"texts": texts})
+        return status, [p["label"] for p in body["predictions"]], [expected[t] for t in texts]
+
+    start = time.time()
+    with ThreadPoolExecutor(16) as ex:
+        results = list(ex.map(one, requests, timeout=120))
+    assert time.time() - start < 120
+    assert all(s == 200 and got == want for s, got, want in results)
+
+
+def _chromium():
+    for b, d in (("/usr/bin/chromium", "/usr/bin/chromedriver"),):
+        if os.path.exists(b) and os.path.exists(d):
+            return b, d
+    return None
+
+
+def test_web_page_in_headless_chromium(server, run, tmp_path):
+    found = _chromium()
+    if found is None:
+        if os.environ.get("TEXTLORA_SKIP_BROWSER") == "1":
+            pytest.skip("BROWSER TEST NOT RUN: TEXTLORA_SKIP_BROWSER=1 and no /usr/bin/chromium + /usr/bin/chromedriver")
+        pytest.fail("BROWSER TEST CANNOT RUN: install Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from textlora.predict import load
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = found[0]
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1000,900",
+    ):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(found[1]), options=opts)
+    try:
+        driver.get(server + "/")
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: "classes:" in d.find_element(By.ID, "meta").text)
+        text = "coach team goal season match"
+        driver.find_element(By.ID, "text").send_keys(text)
+        driver.find_element(By.ID, "go").click()
+        wait.until(ec.visibility_of_element_located((By.ID, "label")))
+        wait.until(lambda d: d.find_element(By.ID, "label").text != "")
+        clf = load(run)
+        expected = clf.label_names[int(clf.predict_proba([text])[0].argmax())]
+        assert driver.find_element(By.ID, "label").text == expected
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#bars .row")) == 3
+        driver.find_elements(By.CSS_SELECTOR, "button.example")[0].click()  # an example fills the box and classifies
+        wait.until(lambda d: d.find_element(By.ID, "text").get_attribute("value") != text)
+        shot = tmp_path / "page.png"
+        driver.save_screenshot(str(shot))
+        assert shot.read_bytes()[:4] == b"\x89PNG"
+        if os.environ.get("TEXTLORA_SCREENSHOT_DIR"):
+            shutil.copy(shot, os.environ["TEXTLORA_SCREENSHOT_DIR"])
+    finally:
+        driver.quit()
+
+
+def test_report_has_sections_and_embedded_images(run, tmp_path):
+    out = tmp_path / "report.html"
+    assert main(["report", "--model", str(run), "--output", str(out)]) == 0
+    html = out.read_text()
+    for section in ("id='config'", "id='curves'", "id='confusion'", "id='per-class'", "id='mistakes'", "id='data'", "id='timings'"):
+        assert section in html
+    assert html.count("src='data:image/png;base64,") >= 2
+    assert "http://" not in html and "https://" not in html  # opens offline: nothing to fetch
+    assert main(["report", "--model", str(run), "--output", str(out)]) == 2  # no overwrite without --overwrite
