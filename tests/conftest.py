@@ -109,3 +109,26 @@ def write_config(path: Path, model: Path, data: Path, out: Path, **sections) -> 
             cfg[key] = value
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def make_tiny_gpt2(folder: Path) -> Path:
+    """A 2-layer, 32-wide GPT-2 with a word-level tokenizer built in memory over the test vocabulary."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[EOS]", *sorted({w for ws in CLASS_WORDS.values() for w in ws} | set(FILLER))]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="[EOS]", pad_token="[PAD]", unk_token="[UNK]")
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(words), n_positions=128, n_embd=32, n_layer=2, n_head=2, eos_token_id=2, bos_token_id=2, pad_token_id=0))
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    return make_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))

@@ -12,6 +12,9 @@ from textlora.cli import main
 
 from .conftest import write_config
 
+# The same test under `accelerate launch --cpu --num_processes 2 -m textlora train ...` was run by hand
+# (accelerate sets the same RANK/WORLD_SIZE/MASTER_* variables that torchrun does).
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -52,6 +55,20 @@ def test_two_process_ddp_train_and_sharded_predict(tmp_path, tiny_bert, data_dir
     assert b["total_steps"] * 2 == a["total_steps"]
     assert (tmp_path / "ddp" / "textlora.json").is_file() and (tmp_path / "ddp" / "adapter_model.safetensors").is_file()
     assert r.stdout.count("run directory:") == 1  # one rank reports, one rank writes
+
+    # resume under DDP: an interrupted copy holding only the first checkpoint finishes the same way
+    import shutil
+
+    first = sorted((tmp_path / "ddp" / "checkpoints").iterdir())[0]
+    (tmp_path / "ddp2" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(first, tmp_path / "ddp2" / "checkpoints" / first.name)
+    ddp2 = write_config(tmp_path / "ddp2.yaml", tiny_bert, data_dir / "train.csv", tmp_path / "ddp2", train={"epochs": 2})
+    r = _torchrun("train", "--config", str(ddp2), "--resume", "last")
+    assert r.returncode == 0, r.stderr[-3000:]
+    c = json.loads((tmp_path / "ddp2" / "metrics.json").read_text())
+    assert c["steps_done"] == b["steps_done"]
+    assert [e["lr"] for e in c["train_log"]] == [e["lr"] for e in b["train_log"]]
+    assert [h["accuracy"] for h in c["history"]] == [h["accuracy"] for h in b["history"]]
 
     out = tmp_path / "pred.csv"
     r = _torchrun("predict", "--model", str(tmp_path / "ddp"), "--data", str(data_dir / "unlabelled.csv"), "--output", str(out), "--with-probs")

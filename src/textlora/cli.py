@@ -102,6 +102,33 @@ def _serve(args, extra: list[str]) -> int:
     return 0
 
 
+def _augment(kind: str):
+    """adapt / generate / filter: a YAML config of that step's dataclass plus dotted overrides."""
+
+    def run(args, extra: list[str]) -> int:
+        from textlora.config import load_config
+
+        if kind == "adapt":
+            from textlora.augment.adapt import AdaptConfig as cls
+            from textlora.augment.adapt import adapt as fn
+        elif kind == "generate":
+            from textlora.augment.generate import GenerateConfig as cls
+            from textlora.augment.generate import generate as fn
+        else:
+            from textlora.augment.filter import FilterConfig as cls
+            from textlora.augment.filter import filter_rows as fn
+        config = load_config(args.config, extra, cls=cls)
+        print(f"wrote {fn(config, overwrite=args.overwrite)}")
+        return 0
+
+    return run
+
+
+AUGMENT_ARGS = [
+    (("--config",), dict(help="YAML config (default: the built-in defaults); dotted overrides follow, e.g. --rows_per_class 100")),
+    (("--overwrite",), dict(action="store_true")),
+]
+
 VERBS = {
     # verb: (function, library function whose docstring is the help, arguments)
     "train": (
@@ -173,6 +200,9 @@ VERBS = {
             (("--max-chars",), dict(type=int, default=10_000, help="texts are cut to this many characters")),
         ],
     ),
+    "adapt": (_augment("adapt"), "textlora.augment.adapt:adapt", AUGMENT_ARGS),
+    "generate": (_augment("generate"), "textlora.augment.generate:generate", AUGMENT_ARGS),
+    "filter": (_augment("filter"), "textlora.augment.filter:filter_rows", AUGMENT_ARGS),
     "budget": (
         _budget,
         "textlora.budget:budget",
@@ -184,7 +214,7 @@ VERBS = {
     ),
 }
 
-ACCEPTS_OVERRIDES = {"train", "budget"}
+ACCEPTS_OVERRIDES = {"train", "budget", "adapt", "generate", "filter"}
 SUMMARIES = {
     "train": "train a LoRA classifier from a YAML config and write a run directory",
     "evaluate": "accuracy, macro-F1, per-class scores and confusion matrix on a labelled file",
@@ -193,6 +223,9 @@ SUMMARIES = {
     "export": "write a merged Hugging Face folder or an ONNX model (optionally int8)",
     "report": "write a self-contained HTML report: curves, confusion matrix, mistakes, timings",
     "serve": "serve a run over HTTP with a small web page (loopback by default)",
+    "adapt": "fine-tune a causal LM on unlabelled target texts (perplexity before/after)",
+    "generate": "generate labelled rows from per-class prompts (batched, resumable)",
+    "filter": "filter synthetic rows: length, garbage, duplicates, classifier agreement; report",
 }
 
 

@@ -262,12 +262,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or the defaults if ``path`` is None) and apply dotted overrides."""
+def load_config(path: str | Path | None, overrides: list[str] | None = None, cls: type | None = None):
+    """Read a YAML config (or the defaults if ``path`` is None) and apply dotted overrides.
+
+    ``cls`` is the dataclass to build (default: the training :class:`Config`).
+    """
     raw = read_yaml(path) if path is not None else {}
     raw = _merge(raw, parse_overrides(overrides or []))
     try:
-        return config_from_dict(raw)
+        return config_from_dict(raw) if cls is None else _build(cls, raw, "")
     except UserError as e:
         if path is not None:
             raise UserError(f"{e} (in {path})") from None

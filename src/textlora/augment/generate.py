@@ -1,0 +1,174 @@
+"""Generate labelled rows from per-class prompts with a (target-adapted) causal LM.
+
+Rows are numbered class by class; row i's prompt and length come from a generator seeded with
+(seed, i), and batch k (rows k*B .. k*B+B-1) samples with seed (seed, k). Finished batches are
+appended to ``OUTPUT.partial.csv``, so an interrupted run continues where it stopped and
+produces exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from textlora.config import _check
+from textlora.errors import UserError
+
+
+@dataclass
+class GenerateConfig:
+    model: str = "runs/smollm2-agnews-target"  # the adapted folder from `textlora adapt`, "smollm2", gpt2, ...
+    prompts: str = "configs/prompts/agnews.yaml"  # YAML: classes: {name: [prompt, ...]} in label order
+    output: str = "runs/synthetic/agnews-smollm2.csv"  # .csv or .parquet
+    rows_per_class: int = 250
+    batch_size: int = 32
+    top_k: int = 50
+    top_p: float = 0.95
+    repetition_penalty: float = 1.3
+    length_mean: float = 45  # new tokens per row ~ normal(mean, std), clamped to [length_min, length_max]
+    length_std: float = 12
+    length_min: int = 1
+    length_max: int = 128
+    seed: int = 42
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check(self.rows_per_class >= 1, "rows_per_class", "an integer >= 1", self.rows_per_class)
+        _check(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
+        _check(self.top_k >= 0, "top_k", "an integer >= 0", self.top_k)
+        _check(0 < self.top_p <= 1, "top_p", "a number in (0, 1]", self.top_p)
+        _check(self.repetition_penalty > 0, "repetition_penalty", "a number > 0", self.repetition_penalty)
+        _check(1 <= self.length_min <= self.length_max, "length_min/length_max", "1 <= length_min <= length_max", (self.length_min, self.length_max))
+
+
+def read_prompts(path: str, label_names: list[str] | None = None) -> dict[str, list[str]]:
+    """{class name: prompts} in label order; every class needs at least one non-empty prompt."""
+    from textlora.config import read_yaml
+
+    raw = read_yaml(path)
+    classes = raw.get("classes")
+    if not isinstance(classes, dict) or not classes:
+        raise UserError(f"prompts {path}: expected a 'classes' mapping of class name -> list of prompts")
+    out = {}
+    for name, prompts in classes.items():
+        prompts = [str(p) for p in (prompts or []) if str(p).strip()] if isinstance(prompts, list) else []
+        if not prompts:
+            raise UserError(f"prompts {path}: class '{name}' has no prompts")
+        out[str(name)] = prompts
+    if label_names:
+        missing = [n for n in label_names if n not in out]
+        if missing:
+            raise UserError(f"prompts {path}: no prompts for class '{missing[0]}' (classes in the file: {', '.join(out)})")
+        out = {n: out[n] for n in label_names}
+    return out
+
+
+def plan_rows(prompts: dict[str, list[str]], cfg: GenerateConfig) -> list[dict]:
+    """Every row's class, prompt and length, each drawn from a generator seeded with (seed, row)."""
+    rows = []
+    for label, (name, plist) in enumerate(prompts.items()):
+        for j in range(cfg.rows_per_class):
+            i = label * cfg.rows_per_class + j
+            rng = np.random.default_rng([cfg.seed, i])
+            length = int(np.clip(round(rng.normal(cfg.length_mean, cfg.length_std)), cfg.length_min, cfg.length_max))
+            rows.append({"row": i, "label": label, "label_name": name, "prompt": plist[int(rng.integers(len(plist)))], "max_new_tokens": length})
+    return rows
+
+
+def _generate_batch(model, tok, batch: list[dict], cfg: GenerateConfig, batch_index: int, precision: str) -> list[str]:
+    import torch
+
+    from textlora.predict import autocast
+
+    torch.manual_seed((cfg.seed * 1_000_003 + batch_index) % (2**31))  # batch k samples the same way on resume
+    enc = tok([r["prompt"] for r in batch], return_tensors="pt", padding=True)
+    with torch.inference_mode(), autocast(precision, torch.device("cpu")):
+        out = model.generate(
+            **enc,
+            do_sample=True,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            repetition_penalty=cfg.repetition_penalty,
+            max_new_tokens=max(r["max_new_tokens"] for r in batch),
+            pad_token_id=tok.pad_token_id,
+        )
+    new = out[:, enc["input_ids"].shape[1] :]  # the prompt is stripped: only new tokens are kept
+    texts = []
+    for r, ids in zip(batch, new):
+        text = tok.decode(ids[: r["max_new_tokens"]], skip_special_tokens=True)
+        texts.append(" ".join(text.split()))
+    return texts
+
+
+def generate(config: GenerateConfig, overwrite: bool = False, label_names: list[str] | None = None) -> Path:
+    """Generate ``rows_per_class`` labelled rows per class from the prompt file, batched, resumable.
+
+    Writes text, label, label_name and provenance (prompt, seed, batch, model) to ``output`` and a
+    summary to ``output`` with suffix ``.generate.json``; a class that yields no text is reported.
+    """
+    import pandas as pd
+    import torch
+
+    from textlora.augment.lm import load_causal_lm
+    from textlora.fsutil import atomic_path
+    from textlora.predict import resolve_precision
+
+    out = Path(config.output)
+    if out.suffix.lower() not in (".csv", ".parquet"):
+        raise UserError(f"output {out}: expected a .csv or .parquet file")
+    if out.exists() and not overwrite:
+        raise UserError(f"output {out}: already exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prompts = read_prompts(config.prompts, label_names)
+    rows = plan_rows(prompts, config)
+    partial = out.with_name(out.name + ".partial.csv")
+    done = pd.read_csv(partial, keep_default_na=False) if partial.is_file() else None
+    n_done = 0 if done is None else int(done["row"].max()) + 1
+    if n_done:
+        print(f"continuing {partial}: {n_done} of {len(rows)} rows already generated", flush=True)
+    model, tok = load_causal_lm(config.model)
+    model.eval()
+    precision = resolve_precision(config.precision, torch.device("cpu"))
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(rows), initial=n_done, desc="generate", unit="row", mininterval=5)
+    start, new_tokens = time.perf_counter(), 0
+    for k in range(n_done // config.batch_size, -(-len(rows) // config.batch_size)):
+        batch = rows[k * config.batch_size : (k + 1) * config.batch_size]
+        texts = _generate_batch(model, tok, batch, config, k, precision)
+        new_tokens += sum(len(tok(t)["input_ids"]) for t in texts)
+        df = pd.DataFrame([{**r, "text": t, "seed": config.seed, "batch": k, "model": config.model} for r, t in zip(batch, texts)])
+        df.to_csv(partial, mode="a", header=not partial.is_file(), index=False)
+        bar.update(len(batch))
+    bar.close()
+    seconds = time.perf_counter() - start
+    full = pd.read_csv(partial, keep_default_na=False)
+    kept = full[full["text"].str.strip() != ""]
+    cols = ["text", "label", "label_name", "prompt", "seed", "batch", "row", "model", "max_new_tokens"]
+    with atomic_path(out) as tmp:
+        if out.suffix.lower() == ".parquet":
+            kept[cols].to_parquet(tmp, index=False)
+        else:
+            kept[cols].to_csv(tmp, index=False)
+    per_class = {name: int((kept["label_name"] == name).sum()) for name in prompts}
+    summary = {
+        "rows_planned": len(rows),
+        "rows_written": len(kept),
+        "per_class": per_class,
+        "empty_dropped": int(len(full) - len(kept)),
+        "classes_with_no_rows": [n for n, c in per_class.items() if c == 0],
+        "seconds_this_run": seconds,
+        "new_tokens_this_run": new_tokens,
+        "tokens_per_s": new_tokens / max(seconds, 1e-9),
+        "rows_per_s": (len(rows) - n_done) / max(seconds, 1e-9),
+    }
+    out.with_suffix(".generate.json").write_text(json.dumps(summary, indent=2))
+    partial.unlink()
+    for name in summary["classes_with_no_rows"]:
+        print(f"warning: class '{name}' yielded no text", flush=True)
+    print(f"wrote {len(kept)} rows to {out} ({summary['tokens_per_s']:.1f} new tokens/s, {summary['rows_per_s']:.2f} rows/s)")
+    return out
