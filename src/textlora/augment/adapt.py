@@ -45,7 +45,6 @@ class AdaptConfig:
 
 def _lm_batches(tokenizer, texts: list[str], max_length: int, batch_size: int, rng=None):
     """(input_ids, attention_mask, labels) batches, each text followed by EOS, sorted/grouped by length."""
-    import torch
 
     from textlora.predict import pad_batch, sorted_batches
 

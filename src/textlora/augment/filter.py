@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from textlora.config import _check
-from textlora.errors import UserError
 
 WORD = re.compile(r"\w+")
 
