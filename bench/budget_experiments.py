@@ -38,10 +38,10 @@ EXPERIMENTS = {
         "--train.epochs",
         "1",
     ],
-    "plan-100k-1ep": ["--lora", "auto", "--budget.max_trainable_params", "100000", "--train.epochs", "1"],
-    "plan-300k-1ep": ["--lora", "auto", "--budget.max_trainable_params", "300000", "--train.epochs", "1"],
-    "plan-1m-1ep": ["--lora", "auto", "--budget.max_trainable_params", "1000000", "--train.epochs", "1"],
-    "plan-1m-3ep": ["--lora", "auto", "--budget.max_trainable_params", "1000000", "--train.epochs", "3"],
+    "plan-100k-1ep": ["--lora.auto", "true", "--lora.dropout", "0.0", "--budget.max_trainable_params", "100000", "--train.epochs", "1"],
+    "plan-300k-1ep": ["--lora.auto", "true", "--lora.dropout", "0.0", "--budget.max_trainable_params", "300000", "--train.epochs", "1"],
+    "plan-1m-1ep": ["--lora.auto", "true", "--lora.dropout", "0.0", "--budget.max_trainable_params", "1000000", "--train.epochs", "1"],
+    "plan-1m-3ep": ["--lora.auto", "true", "--lora.dropout", "0.0", "--budget.max_trainable_params", "1000000", "--train.epochs", "3"],
 }
 
 

@@ -100,3 +100,11 @@ def test_extra_rows_go_to_train_only_and_filter_applies_to_train(tmp_path):
     # the dev split does not depend on the extra rows
     plain = load_splits(DataConfig(train=str(tmp_path / "train.csv"), val_fraction=0.25), seed=0)
     assert plain.val_texts == splits.val_texts
+
+
+def test_explicit_dev_file_replaces_the_split(tmp_path):
+    make_texts(20, seed=1).to_csv(tmp_path / "train.csv", index=False)
+    make_texts(4, seed=2).to_csv(tmp_path / "dev.csv", index=False)
+    splits = load_splits(DataConfig(train=str(tmp_path / "train.csv"), dev=str(tmp_path / "dev.csv"), label_names=["sports", "business", "science"]), seed=0)
+    assert len(splits.train_texts) == 60 and len(splits.val_texts) == 12
+    assert splits.val_texts == pd.read_csv(tmp_path / "dev.csv")["text"].tolist()

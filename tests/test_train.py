@@ -83,3 +83,13 @@ def test_same_config_and_seed_give_identical_predictions(tmp_path, tiny_bert, da
         assert main(["predict", "--model", str(tmp_path / name), "--data", str(data_dir / "test.csv"), "--output", str(out), "--with-probs"]) == 0
         outs.append(pd.read_csv(out))
     assert outs[0].equals(outs[1])
+
+
+def test_overwrite_starts_afresh_without_old_checkpoints(tmp_path, tiny_bert, data_dir):
+    cfg = _cfg(tmp_path, tiny_bert, data_dir, "o", max_steps=12)
+    assert main(["train", "--config", str(cfg)]) == 0
+    assert (tmp_path / "o" / "checkpoints" / "step-00000012").is_dir()
+    cfg = _cfg(tmp_path, tiny_bert, data_dir, "o", max_steps=6)
+    assert main(["train", "--config", str(cfg), "--overwrite"]) == 0
+    assert sorted(p.name for p in (tmp_path / "o" / "checkpoints").iterdir()) == ["step-00000006"]
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["steps_done"] == 6

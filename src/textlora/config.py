@@ -65,6 +65,7 @@ class DataConfig:
     label_names: list[str] | None = None  # names for integer labels 0..K-1; default: the labels themselves
     extra_train: list[str] = field(default_factory=list)  # extra rows (e.g. synthetic): training split only
     val_fraction: float = 0.1  # stratified, seeded dev split taken from `train` before extras are added
+    dev: str | None = None  # a labelled dev file to use instead of splitting `train` (then val_fraction is unused)
     min_words: int = 0  # training rows with fewer words are dropped
     max_words: int | None = None  # training rows with more words are dropped
 

@@ -229,7 +229,13 @@ def load_splits(data_cfg, seed: int) -> Splits:
     main = read_texts(data_cfg.train, data_cfg.text_column, data_cfg.label_column)
     names = label_names_for(main.labels, data_cfg.label_names, data_cfg.train)
     y = encode_labels(main, names)
-    tr, va = stratified_split(y, data_cfg.val_fraction, seed, data_cfg.train)
+    if data_cfg.dev:  # an explicit dev file: every row of `train` trains
+        dev = read_texts(data_cfg.dev, data_cfg.text_column, data_cfg.label_column)
+        val_texts, val_labels = dev.texts, encode_labels(dev, names)
+        tr = np.arange(len(y))
+    else:
+        tr, va = stratified_split(y, data_cfg.val_fraction, seed, data_cfg.train)
+        val_texts, val_labels = [main.texts[i] for i in va], y[va]
     train_texts = [main.texts[i] for i in tr]
     train_labels = [y[tr]]
     extra_rows = 0
@@ -251,6 +257,6 @@ def load_splits(data_cfg, seed: int) -> Splits:
         "extra_rows": extra_rows,
         "filtered_out": int((~keep).sum()),
         "train_rows": len(train_texts),
-        "val_rows": len(va),
+        "val_rows": len(val_texts),
     }
-    return Splits(train_texts, train_labels, [main.texts[i] for i in va], y[va], names, counts)
+    return Splits(train_texts, train_labels, val_texts, val_labels, names, counts)

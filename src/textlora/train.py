@@ -352,6 +352,13 @@ def _check_output_dir(out: Path, resume: str, overwrite: bool) -> None:
         raise UserError(f"output_dir {out}: already holds a run; pass --resume last to continue it or --overwrite to start again")
 
 
+def _clear_old_run(out: Path) -> None:
+    """With --overwrite, once the inputs have been checked: the old run's checkpoints must not mix with the new ones."""
+    (out / "textlora.json").unlink(missing_ok=True)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    shutil.rmtree(out / "logs", ignore_errors=True)
+
+
 def train(config: Config, resume: str = "none", overwrite: bool = False) -> Path:
     """Train a LoRA classifier as ``config`` says and write its run directory.
 
@@ -435,6 +442,8 @@ def train(config: Config, resume: str = "none", overwrite: bool = False) -> Path
 
     writer = None
     if dist_info.main:
+        if ckpt is None:
+            _clear_old_run(out)
         out.mkdir(parents=True, exist_ok=True)
         writer = _tensorboard(out / "logs")
         print(
