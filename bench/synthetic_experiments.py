@@ -44,11 +44,21 @@ def train_run(name: str, train_csv: Path, dev_csv: Path, extra: list[str], overr
     from textlora.config import load_config
     from textlora.train import train
 
-    cfg = load_config(BASE, ["--output_dir", str(WORK / name), "--data.train", str(train_csv), "--data.dev", str(dev_csv), "--data.extra_train", json.dumps(extra), *overrides])
+    cfg = load_config(
+        BASE,
+        ["--output_dir", str(WORK / name), "--data.train", str(train_csv), "--data.dev", str(dev_csv), "--data.extra_train", json.dumps(extra), *overrides],
+    )
     run = train(cfg, overwrite=True)
     m = json.loads((run / "metrics.json").read_text())
-    return {"dev_accuracy": m["best"]["accuracy"], "dev_macro_f1": m["best"]["macro_f1"], "best_step": m["best"]["step"], "train_rows": m["data"]["train_rows"],
-            "extra_rows": m["data"]["extra_rows"], "train_seconds": m["train_seconds"], "run": str(run)}
+    return {
+        "dev_accuracy": m["best"]["accuracy"],
+        "dev_macro_f1": m["best"]["macro_f1"],
+        "best_step": m["best"]["step"],
+        "train_rows": m["data"]["train_rows"],
+        "extra_rows": m["data"]["extra_rows"],
+        "train_seconds": m["train_seconds"],
+        "run": str(run),
+    }
 
 
 def main() -> None:
@@ -75,7 +85,9 @@ def main() -> None:
         save("adapt", {**m, "wall_seconds": time.perf_counter() - start})
     generated = WORK / "generated.csv"
     if not done("generate"):
-        generate(load_config(ROOT / "configs" / "agnews-generate.yaml", ["--model", str(adapted), "--output", str(generated)], cls=GenerateConfig), overwrite=True)
+        generate(
+            load_config(ROOT / "configs" / "agnews-generate.yaml", ["--model", str(adapted), "--output", str(generated)], cls=GenerateConfig), overwrite=True
+        )
         save("generate", json.loads(generated.with_suffix(".generate.json").read_text()))
 
     steps = ["--train.max_steps", "300", "--train.eval_strategy", "steps", "--train.eval_steps", "50", "--train.save_total_limit", "1"]

@@ -132,3 +132,59 @@ def make_tiny_gpt2(folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory) -> Path:
     return make_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, tiny_bert) -> Path:
+    """One tiny run trained through the CLI (4 epochs) beside its data files, shared by the tests that need a model.
+
+    Layout: train.csv, test.csv (labelled), unlabelled.csv (id, text), c.yaml, run/.
+    """
+    from textlora.cli import main
+
+    root = tmp_path_factory.mktemp("trained")
+    make_texts(40, seed=1).to_csv(root / "train.csv", index=False)
+    make_texts(10, seed=2).to_csv(root / "test.csv", index=False)
+    unl = make_texts(8, seed=3).drop(columns=["label"])
+    unl.insert(0, "id", range(100, 100 + len(unl)))
+    unl.to_csv(root / "unlabelled.csv", index=False)
+    cfg = write_config(root / "c.yaml", tiny_bert, root / "train.csv", root / "run", train={"epochs": 4})
+    assert main(["train", "--config", str(cfg)]) == 0
+    return root
+
+
+def fails(capsys, argv: list[str], message: str) -> str:
+    """Run the CLI and assert: exit code 2, ``message`` in one line on stderr, no traceback."""
+    from textlora.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def roberta_base_shaped(num_labels: int = 4, vocab_size: int = 50265):
+    """roberta-base's architecture from its published config, random weights (no download)."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    cfg = RobertaConfig(
+        vocab_size=vocab_size,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        num_labels=num_labels,
+    )
+    return RobertaForSequenceClassification(cfg)

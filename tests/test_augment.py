@@ -135,12 +135,9 @@ def test_generate_prompt_errors(tmp_path, tiny_gpt2, capsys):
 
 
 @pytest.fixture(scope="module")
-def classifier(tmp_path_factory, tiny_bert):
-    root = tmp_path_factory.mktemp("clf")
-    make_texts(40, seed=1).to_csv(root / "train.csv", index=False)
-    cfg = write_config(root / "c.yaml", tiny_bert, root / "train.csv", root / "run", train={"epochs": 4})
-    assert main(["train", "--config", str(cfg)]) == 0
-    return root
+def classifier(trained):
+    """A classifier trained on real rows (the shared tiny run): train.csv and run/."""
+    return trained
 
 
 def test_filter_dedupes_and_checks_agreement(tmp_path, classifier):

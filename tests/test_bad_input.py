@@ -10,7 +10,7 @@ import pytest
 
 from textlora.cli import main
 
-from .conftest import write_config
+from .conftest import fails, write_config
 
 BAD = Path(__file__).parent / "data" / "bad"
 OK = Path(__file__).parent / "data" / "ok"
@@ -42,24 +42,9 @@ def _digest(folder: Path) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
-def _fails(capsys, argv, message):
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert message in err, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    return err.strip()
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tiny_bert):
-    from .conftest import make_texts
-
-    root = tmp_path_factory.mktemp("bad")
-    make_texts(20, seed=1).to_csv(root / "train.csv", index=False)
-    cfg = write_config(root / "c.yaml", tiny_bert, root / "train.csv", root / "run", train={"epochs": 1})
-    assert main(["train", "--config", str(cfg)]) == 0
-    return root
+def run_dir(trained):
+    return trained
 
 
 def test_corpus_every_verb(run_dir, tiny_bert, tmp_path, capsys):
@@ -75,10 +60,10 @@ def test_corpus_every_verb(run_dir, tiny_bert, tmp_path, capsys):
                 argv = ["evaluate", "--model", str(run_dir / "run"), "--data", path, "--output-dir", str(tmp_path / "eval")]
             else:
                 argv = ["predict", "--model", str(run_dir / "run"), "--data", path, "--output", str(tmp_path / "pred.csv")]
-            observed[f"{verb} {name}"] = _fails(capsys, argv, message)
+            observed[f"{verb} {name}"] = fails(capsys, argv, message)
             assert path in observed[f"{verb} {name}"]
     for name, message in CONFIGS.items():
-        observed[f"train {name}"] = _fails(capsys, ["train", "--config", str(BAD / name)], message)
+        observed[f"train {name}"] = fails(capsys, ["train", "--config", str(BAD / name)], message)
     assert not (tmp_path / "out").exists() and not (tmp_path / "eval").exists() and not (tmp_path / "pred.csv").exists()
     assert _digest(BAD) == before  # inputs untouched
     print(json.dumps(observed, indent=1))
@@ -86,30 +71,30 @@ def test_corpus_every_verb(run_dir, tiny_bert, tmp_path, capsys):
 
 def test_paths_and_run_dirs(run_dir, tmp_path, capsys):
     model, data = str(run_dir / "run"), str(run_dir / "train.csv")
-    _fails(capsys, ["predict", "--model", model, "--data", str(tmp_path), "--output", str(tmp_path / "p.csv")], "is a directory")
-    _fails(capsys, ["predict", "--model", model, "--data", data, "--output", str(tmp_path / "no" / "p.csv")], "directory")
-    _fails(capsys, ["predict", "--model", model, "--data", data, "--output", str(run_dir / "train.csv" / "p.csv")], "does not exist")
-    _fails(capsys, ["predict", "--model", model, "--data", data, "--output", data], "same file as the input")
-    _fails(capsys, ["evaluate", "--model", str(tmp_path / "nope"), "--data", data], "no such run directory")
+    fails(capsys, ["predict", "--model", model, "--data", str(tmp_path), "--output", str(tmp_path / "p.csv")], "is a directory")
+    fails(capsys, ["predict", "--model", model, "--data", data, "--output", str(tmp_path / "no" / "p.csv")], "directory")
+    fails(capsys, ["predict", "--model", model, "--data", data, "--output", str(run_dir / "train.csv" / "p.csv")], "does not exist")
+    fails(capsys, ["predict", "--model", model, "--data", data, "--output", data], "same file as the input")
+    fails(capsys, ["evaluate", "--model", str(tmp_path / "nope"), "--data", data], "no such run directory")
     # a run directory from another textlora format, and one with a file missing
     import shutil
 
     other = tmp_path / "other"
     shutil.copytree(run_dir / "run", other, ignore=shutil.ignore_patterns("checkpoints", "logs"))
     (other / "textlora.json").write_text(json.dumps({"format": 999, "textlora_version": "9.0"}))
-    _fails(capsys, ["predict", "--model", str(other), "--text", "goal"], "run format 999 is not supported")
+    fails(capsys, ["predict", "--model", str(other), "--text", "goal"], "run format 999 is not supported")
     (other / "labels.json").unlink()
-    _fails(capsys, ["predict", "--model", str(other), "--text", "goal"], "missing labels.json")
+    fails(capsys, ["predict", "--model", str(other), "--text", "goal"], "missing labels.json")
 
 
 def test_model_paths_that_are_not_classifiers(run_dir, tiny_bert, tmp_path, capsys):
     cfg = write_config(tmp_path / "c.yaml", tiny_bert, run_dir / "train.csv", tmp_path / "out")
-    _fails(capsys, ["train", "--config", str(cfg), "--model.name", str(tmp_path / "missing-model")], "no such folder")
+    fails(capsys, ["train", "--config", str(cfg), "--model.name", str(tmp_path / "missing-model")], "no such folder")
     (tmp_path / "notmodel").mkdir()
-    _fails(capsys, ["train", "--config", str(cfg), "--model.name", str(tmp_path / "notmodel")], "no config.json")
+    fails(capsys, ["train", "--config", str(cfg), "--model.name", str(tmp_path / "notmodel")], "no config.json")
     (tmp_path / "weird").mkdir()
     (tmp_path / "weird" / "config.json").write_text('{"model_type": "no-such-architecture"}')
-    _fails(capsys, ["train", "--config", str(cfg), "--model.name", str(tmp_path / "weird")], "cannot load")
+    fails(capsys, ["train", "--config", str(cfg), "--model.name", str(tmp_path / "weird")], "cannot load")
 
 
 def test_quirky_files_are_handled(run_dir, tiny_bert, tmp_path):

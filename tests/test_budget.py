@@ -9,7 +9,7 @@ from textlora.config import LoraSettings
 from textlora.errors import UserError
 from textlora.models import apply_lora, count_trainable
 
-from .conftest import write_config
+from .conftest import roberta_base_shaped, write_config
 
 
 def _base(tiny_bert, num_labels=3):
@@ -28,20 +28,7 @@ def test_planner_arithmetic_matches_peft(tiny_bert, group, r, bias):
 
 
 def test_roberta_shaped_plan_fills_a_million():
-    from transformers import RobertaConfig, RobertaForSequenceClassification
-
-    base = RobertaForSequenceClassification(
-        RobertaConfig(
-            vocab_size=1000,
-            hidden_size=768,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            intermediate_size=3072,
-            max_position_embeddings=514,
-            type_vocab_size=1,
-            num_labels=4,
-        )
-    )
+    base = roberta_base_shaped(vocab_size=1000)  # the embeddings are frozen either way
     plan = choose_plan(base, 1_000_000)
     assert plan.total <= 1_000_000
     assert plan.total > 900_000  # fills the budget well

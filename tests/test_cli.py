@@ -8,21 +8,13 @@ import pytest
 
 from textlora.cli import main
 
-from .conftest import make_texts, write_config
+from .conftest import fails, make_texts, write_config
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_bert):
-    """One trained tiny run shared by this module's tests."""
-    root = tmp_path_factory.mktemp("cli")
-    make_texts(40, seed=1).to_csv(root / "train.csv", index=False)
-    make_texts(10, seed=2).to_csv(root / "test.csv", index=False)
-    unl = make_texts(8, seed=3).drop(columns=["label"])
-    unl.insert(0, "id", range(100, 100 + len(unl)))
-    unl.to_csv(root / "unlabelled.csv", index=False)
-    cfg = write_config(root / "c.yaml", tiny_bert, root / "train.csv", root / "run", train={"epochs": 4})
-    assert main(["train", "--config", str(cfg)]) == 0
-    return root
+def run(trained):
+    """The shared tiny run (trained through `textlora train` in conftest) and its data files."""
+    return trained
 
 
 def test_train_writes_a_self_contained_run_dir(run):
@@ -114,29 +106,20 @@ def test_save_load_gives_identical_logits(run):
 # --- bad input: one line, exit code 2, nothing overwritten --------------------------------
 
 
-def _fails(capsys, argv, message):
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert message in err, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    return err
-
-
 def test_bad_inputs(run, tiny_bert, tmp_path, capsys):
     model = str(run / "run")
-    _fails(capsys, ["predict", "--model", model, "--data", str(tmp_path / "nope.csv"), "--output", str(tmp_path / "o.csv")], "nope.csv: file not found")
+    fails(capsys, ["predict", "--model", model, "--data", str(tmp_path / "nope.csv"), "--output", str(tmp_path / "o.csv")], "nope.csv: file not found")
     (tmp_path / "nocol.csv").write_text("body\nhello\n")
-    _fails(capsys, ["predict", "--model", model, "--data", str(tmp_path / "nocol.csv"), "--output", str(tmp_path / "o.csv")], "missing text column 'text'")
+    fails(capsys, ["predict", "--model", model, "--data", str(tmp_path / "nocol.csv"), "--output", str(tmp_path / "o.csv")], "missing text column 'text'")
     (tmp_path / "empty.csv").write_text("text,label\ngoal,0\n  ,1\n")
-    _fails(capsys, ["evaluate", "--model", model, "--data", str(tmp_path / "empty.csv")], "row 3: empty text")
+    fails(capsys, ["evaluate", "--model", model, "--data", str(tmp_path / "empty.csv")], "row 3: empty text")
     (tmp_path / "unknown.csv").write_text("text,label\ngoal,sports\nstock,weather\n")
-    _fails(capsys, ["evaluate", "--model", model, "--data", str(tmp_path / "unknown.csv")], "row 3: label 'weather' is not a known class")
+    fails(capsys, ["evaluate", "--model", model, "--data", str(tmp_path / "unknown.csv")], "row 3: label 'weather' is not a known class")
     (tmp_path / "unknown-int.csv").write_text("text,label\ngoal,0\nstock,7\n")
-    _fails(capsys, ["evaluate", "--model", model, "--data", str(tmp_path / "unknown-int.csv")], "row 3: label 7 is not a known class")
+    fails(capsys, ["evaluate", "--model", model, "--data", str(tmp_path / "unknown-int.csv")], "row 3: label 7 is not a known class")
     # output equal to input: refused, and the input is untouched
     before = (run / "unlabelled.csv").read_bytes()
-    _fails(
+    fails(
         capsys,
         ["predict", "--model", model, "--data", str(run / "unlabelled.csv"), "--output", str(run / "unlabelled.csv"), "--overwrite"],
         "same file as the input",
@@ -144,22 +127,22 @@ def test_bad_inputs(run, tiny_bert, tmp_path, capsys):
     assert (run / "unlabelled.csv").read_bytes() == before
     # an existing output is not overwritten without --overwrite
     (tmp_path / "exists.csv").write_text("keep me")
-    _fails(capsys, ["predict", "--model", model, "--data", str(run / "unlabelled.csv"), "--output", str(tmp_path / "exists.csv")], "already exists")
+    fails(capsys, ["predict", "--model", model, "--data", str(run / "unlabelled.csv"), "--output", str(tmp_path / "exists.csv")], "already exists")
     assert (tmp_path / "exists.csv").read_text() == "keep me"
-    _fails(capsys, ["predict", "--model", model, "--data", str(run / "unlabelled.csv"), "--output", str(tmp_path / "missing" / "o.csv")], "does not exist")
-    _fails(capsys, ["predict", "--model", str(tmp_path), "--text", "hi"], "not a complete textlora run directory")
+    fails(capsys, ["predict", "--model", model, "--data", str(run / "unlabelled.csv"), "--output", str(tmp_path / "missing" / "o.csv")], "does not exist")
+    fails(capsys, ["predict", "--model", str(tmp_path), "--text", "hi"], "not a complete textlora run directory")
     # config errors
     bad = write_config(tmp_path / "bad.yaml", tiny_bert, run / "train.csv", tmp_path / "r", train={"epochz": 1})
-    _fails(capsys, ["train", "--config", str(bad)], "unknown key 'train.epochz'")
+    fails(capsys, ["train", "--config", str(bad)], "unknown key 'train.epochz'")
     good = write_config(tmp_path / "good.yaml", tiny_bert, run / "train.csv", tmp_path / "r")
-    _fails(capsys, ["train", "--config", str(good), "--budget.max_trainable_params", "100"], "exceed budget.max_trainable_params 100")
+    fails(capsys, ["train", "--config", str(good), "--budget.max_trainable_params", "100"], "exceed budget.max_trainable_params 100")
     assert not (tmp_path / "r" / "textlora.json").exists()
-    _fails(capsys, ["train", "--config", str(good), "--data.train", str(tmp_path / "nocol.csv")], "missing text column")
+    fails(capsys, ["train", "--config", str(good), "--data.train", str(tmp_path / "nocol.csv")], "missing text column")
 
 
 def test_train_refuses_to_clobber_a_run(run, capsys):
     before = (run / "run" / "metrics.json").read_bytes()
-    _fails(capsys, ["train", "--config", str(run / "c.yaml")], "already holds a run")
+    fails(capsys, ["train", "--config", str(run / "c.yaml")], "already holds a run")
     assert (run / "run" / "metrics.json").read_bytes() == before
 
 

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -10,16 +9,10 @@ import pandas as pd
 
 from textlora.cli import main
 
-from .conftest import write_config
+from .conftest import free_port, write_config
 
 # The same test under `accelerate launch --cpu --num_processes 2 -m textlora train ...` was run by hand
 # (accelerate sets the same RANK/WORLD_SIZE/MASTER_* variables that torchrun does).
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _torchrun(*args, timeout=240):
@@ -32,7 +25,7 @@ def _torchrun(*args, timeout=240):
         "--master_addr",
         "127.0.0.1",
         "--master_port",
-        str(_free_port()),
+        str(free_port()),
         "-m",
         "textlora",
         *args,

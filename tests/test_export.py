@@ -6,17 +6,12 @@ import pytest
 
 from textlora.cli import main
 
-from .conftest import make_texts, write_config
+from .conftest import make_texts
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_bert):
-    root = tmp_path_factory.mktemp("export")
-    make_texts(40, seed=1).to_csv(root / "train.csv", index=False)
-    make_texts(10, seed=2).to_csv(root / "test.csv", index=False)
-    cfg = write_config(root / "c.yaml", tiny_bert, root / "train.csv", root / "run", train={"epochs": 4})
-    assert main(["train", "--config", str(cfg)]) == 0
-    return root
+def run(trained):
+    return trained
 
 
 def test_hf_export_works_in_pipeline(run):

@@ -4,27 +4,12 @@ from textlora.config import Config, LoraSettings
 from textlora.errors import UserError
 from textlora.models import apply_lora, check_budget, count_trainable, resolve_model_path
 
-
-def _roberta_base_shaped(num_labels=4):
-    """roberta-base's architecture from its published config, random weights (no download)."""
-    from transformers import RobertaConfig, RobertaForSequenceClassification
-
-    cfg = RobertaConfig(
-        vocab_size=50265,
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        max_position_embeddings=514,
-        type_vocab_size=1,
-        num_labels=num_labels,
-    )
-    return RobertaForSequenceClassification(cfg)
+from .conftest import roberta_base_shaped
 
 
 def test_original_recipe_budget_is_916996():
     """The notebook's numbers: r=4, alpha=64, q/k/v, bias all on roberta-base with 4 classes."""
-    model = apply_lora(_roberta_base_shaped(), LoraSettings(r=4, alpha=64, dropout=0.1, target_modules=["query", "key", "value"], bias="all"))
+    model = apply_lora(roberta_base_shaped(), LoraSettings(r=4, alpha=64, dropout=0.1, target_modules=["query", "key", "value"], bias="all"))
     b = count_trainable(model)
     assert b.total == 916_996
     assert b.lora == 12 * 3 * 2 * 768 * 4  # 221,184: A (4x768) and B (768x4) per module

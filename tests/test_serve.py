@@ -4,7 +4,6 @@ and the HTML report."""
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,13 +16,7 @@ import pytest
 
 from textlora.cli import main
 
-from .conftest import make_texts, write_config
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .conftest import free_port, make_texts
 
 
 def _call(url, body=None, raw=None, timeout=30):
@@ -37,17 +30,13 @@ def _call(url, body=None, raw=None, timeout=30):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_bert):
-    root = tmp_path_factory.mktemp("serve")
-    make_texts(40, seed=1).to_csv(root / "train.csv", index=False)
-    cfg = write_config(root / "c.yaml", tiny_bert, root / "train.csv", root / "run", train={"epochs": 4})
-    assert main(["train", "--config", str(cfg)]) == 0
-    return root / "run"
+def run(trained):
+    return trained / "run"
 
 
 @pytest.fixture(scope="module")
 def server(run):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "textlora", "serve", "--model", str(run), "--port", str(port), "--max-batch", "8"],
         stdout=subprocess.PIPE,
