@@ -99,7 +99,7 @@ def bench_pipeline(merged, tokenizer, texts, batch: int) -> dict:
     return {"rows": len(texts), "seconds": seconds, "rows_per_s": len(texts) / seconds, "batch_size": batch}
 
 
-def bench_textlora_train(workdir: Path, train_csv: Path, steps: int) -> tuple[dict, Path]:
+def bench_textlora_train(workdir: Path, train_csv: Path, steps: int, extra: list[str] = ()) -> tuple[dict, Path]:
     """textlora's own loop on the default preset, timed by its logged rows/s after the first window."""
     from textlora.config import load_config
     from textlora.train import train
@@ -117,6 +117,7 @@ def bench_textlora_train(workdir: Path, train_csv: Path, steps: int) -> tuple[di
             "10",
             "--data.val_fraction",
             "0.05",
+            *extra,
         ],
     )
     start = time.perf_counter()
@@ -133,6 +134,23 @@ def bench_textlora_infer(clf, texts) -> dict:
     clf.logits(texts)
     seconds = time.perf_counter() - start
     return {"rows": len(texts), "seconds": seconds, "rows_per_s": len(texts) / seconds}
+
+
+def bench_cuda(tmp: Path, sub: Path, tokenizer, texts: list[str], record) -> None:
+    """On a CUDA GPU: roberta-base-sized shapes with random weights (weights can't be downloaded; only speed
+    is measured), with the MiniLM tokenizer (its ids fit roberta's vocabulary). Not run on the CPU machines."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from textlora.predict import Classifier
+
+    folder = tmp / "roberta-base-shaped"
+    RobertaForSequenceClassification(RobertaConfig(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, num_labels=4)).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    r, run = bench_textlora_train(
+        tmp / "cuda", sub, steps=60, extra=["--model.name", str(folder), "--train.batch_size", "64", "--lora.target_modules", "[query,key,value]"]
+    )
+    record("cuda: textlora train (roberta-base shape)", r)
+    record("cuda: textlora infer (roberta-base shape)", bench_textlora_infer(Classifier(run, batch_size=256), texts))
 
 
 def main() -> None:
@@ -187,6 +205,9 @@ def main() -> None:
             record("textlora infer (onnx int8)", bench_textlora_infer(load(tmp / "onnx8"), infer_texts))
         except Exception as e:  # onnxruntime missing: say so, keep the rest
             print(f"onnx int8: skipped ({type(e).__name__}: {e})")
+        if torch.cuda.is_available():
+            results["machine"]["gpu"] = torch.cuda.get_device_name(0)
+            bench_cuda(tmp, sub, tokenizer, infer_texts, record)
     rows = results["rows"]
     ratios = {
         "train: textlora / original": rows["textlora train"]["rows_per_s"] / rows["original train (Trainer)"]["rows_per_s"],

@@ -93,3 +93,14 @@ def test_overwrite_starts_afresh_without_old_checkpoints(tmp_path, tiny_bert, da
     assert main(["train", "--config", str(cfg), "--overwrite"]) == 0
     assert sorted(p.name for p in (tmp_path / "o" / "checkpoints").iterdir()) == ["step-00000006"]
     assert json.loads((tmp_path / "o" / "metrics.json").read_text())["steps_done"] == 6
+
+
+def test_class_weights_and_length_percentile_options(tmp_path, tiny_bert, data_dir):
+    import yaml
+
+    cfg = _cfg(tmp_path, tiny_bert, data_dir, "opts", max_steps=4, class_weights="balanced", label_smoothing=0.1)
+    assert main(["train", "--config", str(cfg), "--model.max_length_percentile", "90"]) == 0
+    saved = yaml.safe_load((tmp_path / "opts" / "config.yaml").read_text())
+    assert saved["model"]["max_length_percentile"] is None
+    assert saved["model"]["max_length"] in (8, 16)  # texts are 5-11 words + [CLS]/[SEP]: the 90th percentile rounds up to 16
+    assert saved["train"]["class_weights"] == "balanced"

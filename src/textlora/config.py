@@ -23,11 +23,14 @@ from textlora.errors import UserError
 class ModelConfig:
     name: str = "minilm"  # hub id, local folder, or alias ("minilm": the pip-packaged all-MiniLM-L6-v2)
     max_length: int = 128  # tokens per text; longer texts are truncated
+    max_length_percentile: float | None = None  # if set, cap max_length at this percentile of the training texts' lengths
     dropout: float | None = None  # overrides every dropout of the base model while training; None keeps the model's own
     attn_implementation: str = "auto"  # auto (eager on CPU: faster for short texts there; sdpa on GPU) | eager | sdpa
 
     def __post_init__(self) -> None:
         _check(self.max_length >= 8, "model.max_length", "an integer >= 8", self.max_length)
+        if self.max_length_percentile is not None:
+            _check(50 <= self.max_length_percentile <= 100, "model.max_length_percentile", "a number in [50, 100]", self.max_length_percentile)
         if self.dropout is not None:
             _check(0 <= self.dropout < 1, "model.dropout", "a number in [0, 1) or null", self.dropout)
         _check(self.attn_implementation in ("auto", "eager", "sdpa"), "model.attn_implementation", "auto, eager or sdpa", self.attn_implementation)
@@ -99,6 +102,7 @@ class TrainConfig:
     early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0 = never
     num_workers: int = 0  # dataloader workers; 0 = in the main process (batches are pre-tokenized)
     label_smoothing: float = 0.0
+    class_weights: str = "none"  # none | balanced (loss weights n_rows / (n_classes * n_rows_of_class))
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "train.epochs", "a number > 0", self.epochs)
@@ -121,6 +125,7 @@ class TrainConfig:
         _check(self.early_stopping_patience >= 0, "train.early_stopping_patience", "an integer >= 0", self.early_stopping_patience)
         _check(self.num_workers >= 0, "train.num_workers", "an integer >= 0", self.num_workers)
         _check(0 <= self.label_smoothing < 1, "train.label_smoothing", "a number in [0, 1)", self.label_smoothing)
+        _check(self.class_weights in ("none", "balanced"), "train.class_weights", "none or balanced", self.class_weights)
 
 
 @dataclass

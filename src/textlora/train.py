@@ -61,6 +61,13 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def length_from_percentile(tokenizer, texts: list[str], cap: int, percentile: float) -> int:
+    """The ``percentile`` of the texts' token lengths, rounded up to a multiple of 8, at most ``cap``."""
+    sample = texts[:: max(1, len(texts) // 5000)]  # a few thousand texts give the percentile well
+    lengths = [len(ids) for ids in tokenizer(sample, truncation=True, max_length=cap)["input_ids"]]
+    return int(min(cap, max(8, -(-int(np.percentile(lengths, percentile)) // 8) * 8)))
+
+
 # --- distributed -------------------------------------------------------------------------
 
 
@@ -400,6 +407,9 @@ def train(config: Config, resume: str = "none", overwrite: bool = False) -> Path
             raise UserError(f"--resume {resume}: checkpoint {ckpt.name} was made with a different config ({'; '.join(diffs[:3])})")
     tokenizer = load_tokenizer(config.model.name)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if config.model.max_length_percentile is not None:  # resolved from the data, saved with the run
+        config.model.max_length = length_from_percentile(tokenizer, splits.train_texts, config.model.max_length, config.model.max_length_percentile)
+        config.model.max_length_percentile = None
     train_enc = encode_texts(tokenizer, splits.train_texts, config.model.max_length)
     val_enc = encode_texts(tokenizer, splits.val_texts, config.model.max_length)
     lengths = np.array([len(s) for s in train_enc])
@@ -454,7 +464,11 @@ def train(config: Config, resume: str = "none", overwrite: bool = False) -> Path
         )
 
     # _fit
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    weights = None
+    if cfg.class_weights == "balanced":
+        counts = np.bincount(splits.train_labels, minlength=len(splits.label_names)).astype(np.float32)
+        weights = torch.from_numpy(len(splits.train_labels) / (len(counts) * np.maximum(counts, 1))).to(device)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
     labels_t = torch.from_numpy(splits.train_labels)
     model.train()
     progress = _progress(total_steps, fit.global_step, dist_info.main)
