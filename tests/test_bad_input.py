@@ -83,6 +83,7 @@ def test_paths_and_run_dirs(run_dir, tmp_path, capsys):
     shutil.copytree(run_dir / "run", other, ignore=shutil.ignore_patterns("checkpoints", "logs"))
     (other / "textlora.json").write_text(json.dumps({"format": 999, "textlora_version": "9.0"}))
     fails(capsys, ["predict", "--model", str(other), "--text", "goal"], "run format 999 is not supported")
+    (other / "textlora.json").write_text(json.dumps({"format": 1}))
     (other / "labels.json").unlink()
     fails(capsys, ["predict", "--model", str(other), "--text", "goal"], "missing labels.json")
 
