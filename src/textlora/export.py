@@ -60,21 +60,19 @@ def export(model: str, output: str, format: str = "hf", quantize: str | None = N
     return out
 
 
-class _LogitsOnly:
-    """Wraps a classifier so that tracing sees (input_ids, attention_mask) -> logits."""
+def _logits_only(model):
+    """Wrap a classifier so that tracing sees (input_ids, attention_mask) -> logits."""
+    import torch
 
-    def __new__(cls, model):
-        import torch
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
 
-        class Wrapper(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
+        def forward(self, input_ids, attention_mask):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask).logits
 
-            def forward(self, input_ids, attention_mask):
-                return self.m(input_ids=input_ids, attention_mask=attention_mask).logits
-
-        return Wrapper(model)
+    return LogitsOnly(model)
 
 
 def _export_onnx(model, tokenizer, path: Path) -> None:
@@ -89,7 +87,7 @@ def _export_onnx(model, tokenizer, path: Path) -> None:
     mask = torch.ones_like(ids)
     with torch.no_grad():
         torch.onnx.export(
-            _LogitsOnly(model),
+            _logits_only(model),
             (ids, mask),
             str(path),
             input_names=["input_ids", "attention_mask"],
