@@ -35,8 +35,8 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_names: list[st
     }
 
 
-def plot_confusion(metrics: dict, path: str | Path) -> None:
-    """Save the confusion matrix as a PNG, counts in each cell."""
+def plot_confusion(metrics: dict, path) -> None:
+    """Save the confusion matrix as a PNG (to a path or a binary file object), counts in each cell."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,7 +58,7 @@ def plot_confusion(metrics: dict, path: str | Path) -> None:
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > threshold else "black", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -123,6 +123,5 @@ def evaluate(
         with atomic_path(out / "confusion_matrix.json") as tmp:
             tmp.write_text(json.dumps({"label_names": metrics["label_names"], "matrix": metrics["confusion_matrix"]}, indent=2))
         with atomic_path(out / "confusion_matrix.png") as tmp:
-            plot_confusion(metrics, tmp.with_suffix(".png"))
-            tmp.with_suffix(".png").replace(tmp)
+            plot_confusion(metrics, tmp)
     return metrics

@@ -92,17 +92,14 @@ def _curves(metrics: dict) -> str:
 
 
 def _confusion_png(metrics: dict) -> str:
-    import tempfile
-    from pathlib import Path
+    import base64
+    import io
 
     from textlora.evaluate import plot_confusion
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "cm.png"
-        plot_confusion(metrics, path)
-        import base64
-
-        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+    buf = io.BytesIO()
+    plot_confusion(metrics, buf)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _table(headers: list[str], rows: list[list]) -> str:
