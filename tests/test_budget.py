@@ -42,7 +42,7 @@ def test_plan_respects_budget_or_refuses(tiny_bert, budget):
     try:
         plan = choose_plan(base, budget)
     except UserError as e:
-        assert "cannot hold the classifier head and a rank-1 LoRA" in str(e)
+        assert "cannot hold the standard classifier head and a rank-1 lora adapter" in str(e)
         assert budget < 1_000
     else:
         assert plan.total <= budget
@@ -55,7 +55,7 @@ def test_budget_plan_verb_and_lora_auto(tiny_bert, data_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "<- plan" in out and "within budget" in out
     assert main(["budget", "--config", str(cfg), "--plan", "--max-trainable-params", "60"]) == 2
-    assert "cannot hold the classifier head" in capsys.readouterr().err
+    assert "cannot hold the standard classifier head" in capsys.readouterr().err
     assert main(["train", "--config", str(cfg), "--lora", "auto", "--budget.max_trainable_params", "3000"]) == 0
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["lora"]["auto"] is False and saved["lora"]["r"] >= 1
@@ -63,3 +63,16 @@ def test_budget_plan_verb_and_lora_auto(tiny_bert, data_dir, tmp_path, capsys):
 
     total = json.loads((tmp_path / "run" / "metrics.json").read_text())["trainable_params"]["total"]
     assert 0 < total <= 3000
+
+
+def test_refusal_names_the_exact_minimum(tiny_bert):
+    import re
+
+    base = _base(tiny_bert)
+    with pytest.raises(UserError) as e:
+        choose_plan(base, 10)
+    needed = int(re.search(r"needs at least ([\d,]+)", str(e.value)).group(1).replace(",", ""))
+    plan = choose_plan(base, needed)  # exactly the minimum fits: rank 1 on query and value, no biases
+    assert (plan.total, plan.r, plan.group, plan.bias) == (needed, 1, "query+value", "none")
+    with pytest.raises(UserError):
+        choose_plan(base, needed - 1)

@@ -82,7 +82,7 @@ def test_predict_one_text(run, capsys):
 def test_budget_verb(run, capsys):
     assert main(["budget", "--config", str(run / "c.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "LoRA matrices" in out and "within budget" in out
+    assert "adapter (LoRA)" in out and "within budget" in out
     assert main(["budget", "--config", str(run / "c.yaml"), "--budget.max_trainable_params", "10"]) == 0
     assert "OVER budget" in capsys.readouterr().out
 

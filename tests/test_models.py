@@ -54,3 +54,37 @@ def test_model_paths(tmp_path):
         resolve_model_path(str(tmp_path))
     assert resolve_model_path("roberta-base") == "roberta-base"  # hub ids pass through for online users
     assert Config().model.name == "minilm"
+
+
+def test_split_zip_model_is_joined_and_unpacked(tmp_path):
+    import zipfile
+
+    from textlora.errors import UserError
+    from textlora.models import unpack_split_zip
+
+    archive = tmp_path / "m.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("model-x/config.json", '{"model_type": "bert"}')
+        z.writestr("model-x/1_Pooling/config.json", "{}")
+        z.writestr("model-x/desktop.ini", "junk")
+    data = archive.read_bytes()
+    parts = []
+    for i, start in enumerate(range(0, len(data), 100)):
+        parts.append(tmp_path / f"m.zip.{i:03d}")
+        parts[-1].write_bytes(data[start : start + 100])
+    assert len(parts) > 2
+    folder = unpack_split_zip(parts, tmp_path / "out", "model 'x'")
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == ["1_Pooling/config.json", "config.json"]
+    with pytest.raises(UserError, match="model 'y': the zip joined from its 2 parts is corrupt"):
+        unpack_split_zip(parts[:1] + parts[2:3], tmp_path / "bad", "model 'y'")  # a part missing
+    assert not (tmp_path / "bad").exists()  # nothing half-unpacked is left
+
+
+def test_mpnet_alias_without_its_packages_names_them(tmp_path, monkeypatch):
+    from textlora import models
+    from textlora.errors import UserError
+
+    monkeypatch.setenv("TEXTLORA_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "MPNET_PARTS", ("no-such-package-part-001",))
+    with pytest.raises(UserError, match=r"needs the PyPI package no-such-package-part-001 .*textlora\[mpnet\]"):
+        models.resolve_model_path("mpnet")

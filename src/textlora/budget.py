@@ -20,12 +20,44 @@ GROUPS = {
     "attention": ["query", "key", "value"],
     "query+value": ["query", "value"],
 }
-RANKS = (64, 48, 32, 24, 16, 12, 8, 6, 4, 2, 1)
+# The same groups for encoders that name their layers differently (model_type -> groups); others use GROUPS.
+GROUPS_BY_MODEL_TYPE = {
+    "mpnet": {
+        "all-linear": ["q", "k", "v", "o", "dense"],
+        "attention+output": ["q", "k", "v", "o"],
+        "attention": ["q", "k", "v"],
+        "query+value": ["q", "v"],
+    },
+    "distilbert": {
+        "all-linear": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
+        "attention+output": ["q_lin", "k_lin", "v_lin", "out_lin"],
+        "attention": ["q_lin", "k_lin", "v_lin"],
+        "query+value": ["q_lin", "v_lin"],
+    },
+    "deberta-v2": {
+        "all-linear": ["query_proj", "key_proj", "value_proj", "dense"],
+        "attention+output": ["query_proj", "key_proj", "value_proj", "attention.output.dense"],
+        "attention": ["query_proj", "key_proj", "value_proj"],
+        "query+value": ["query_proj", "value_proj"],
+    },
+}
+
+
+def groups_for(model) -> dict[str, list[str]]:
+    """The module groups, named as ``model`` names its layers."""
+    return GROUPS_BY_MODEL_TYPE.get(getattr(model.config, "model_type", ""), GROUPS)
+
+
+RANKS = (64, 48, 40, 32, 28, 24, 20, 16, 12, 10, 8, 6, 4, 2, 1)
+VERA_RANKS = (1024, 512, 256, 128, 64, 32)  # VeRA's rank only sizes its shared frozen matrices, so it runs high
 BIASES = ("all", "lora_only", "none")
+HEAD_SHARE = 0.10  # the planner keeps the model's own head while it costs at most this share of the budget
 
 
 @dataclass
 class Plan:
+    head_kind: str
+    method: str
     group: str
     target_modules: list[str]
     r: int
@@ -43,14 +75,24 @@ def _matches(name: str, target: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
-def _shapes(model):
-    """(linear modules as (name, in, out, has_bias), head parameter count, all biases outside the head)."""
+def _shapes(model, head_kind: str = "standard", head_hidden: int = 64):
+    """(linear modules as (name, in, out, has_bias), head parameter count, all biases outside the head).
+
+    A non-standard head on a BERT-like model also removes its pooler (see textlora.heads), so the
+    pooler's layers are left out then.
+    """
     import torch
 
+    from textlora.heads import _classifier_input_dims, head_params
     from textlora.models import HEAD_NAMES
 
+    skip = ()
+    if head_kind != "standard" and _classifier_input_dims(model) == 2:
+        skip = (f"{model.base_model_prefix}.pooler",)
     linears, head, biases = [], 0, {}
     for name, module in model.named_modules():
+        if any(name == s or name.startswith(s + ".") for s in skip):
+            continue
         in_head = any(name == h or name.startswith(h + ".") for h in HEAD_NAMES)
         if in_head:
             head += sum(p.numel() for p in module.parameters(recurse=False))
@@ -60,14 +102,24 @@ def _shapes(model):
         for pname, p in module.named_parameters(recurse=False):
             if pname == "bias":
                 biases[name] = p.numel()
+    if head_kind != "standard":
+        head = head_params(head_kind, model.config.hidden_size, model.config.num_labels, head_hidden)
     return linears, head, biases
 
 
-def count_plan(model, targets: list[str], r: int, bias: str) -> tuple[int, int, int]:
-    """(LoRA, head, bias) trainable counts that peft would give ``model`` with these settings."""
-    linears, head, biases = _shapes(model)
+def _adapter_count(method: str, r: int, fan_in: int, fan_out: int) -> int:
+    if method == "vera":  # trained: a scaling vector over the rank and one over the outputs
+        return r + fan_out
+    return r * (fan_in + fan_out) + (fan_out if method == "dora" else 0)  # DoRA adds a magnitude per output
+
+
+def count_plan(
+    model, targets: list[str], r: int, bias: str, head_kind: str = "standard", method: str = "lora", head_hidden: int = 64, shapes=None
+) -> tuple[int, int, int]:
+    """(adapter, head, bias) trainable counts that peft would give ``model`` with these settings."""
+    linears, head, biases = shapes or _shapes(model, head_kind, head_hidden)
     chosen = [(n, i, o, b) for n, i, o, b in linears if any(_matches(n, t) for t in targets)]
-    lora = sum(r * (i + o) for _, i, o, _ in chosen)
+    lora = sum(_adapter_count(method, r, i, o) for _, i, o, _ in chosen)
     if bias == "all":
         nb = sum(biases.values())
     elif bias == "lora_only":
@@ -77,27 +129,47 @@ def count_plan(model, targets: list[str], r: int, bias: str) -> tuple[int, int, 
     return lora, head, nb
 
 
-def plan_options(model, budget: int) -> list[Plan]:
-    """Every (group, rank, bias) option that fits ``budget``, best first."""
+def choose_head(model, budget: int, head_hidden: int = 64) -> str:
+    """The head ``model.head: auto`` resolves to.
+
+    The pooling the model was trained with where its folder says (sentence-transformers: mean);
+    else the model's own head while it costs at most HEAD_SHARE of the budget (BERT's: one small
+    linear layer); else a linear layer on the first token (roberta-base's own head alone is 592k).
+    """
+    from textlora.heads import declared_pooling
+
+    if declared_pooling(getattr(model.config, "_name_or_path", "") or "") == "mean":
+        return "mean"
+    _, head, _ = _shapes(model)
+    return "standard" if head <= HEAD_SHARE * budget else "linear"
+
+
+def plan_options(model, budget: int, head_kind: str = "standard", method: str = "lora", head_hidden: int = 64) -> list[Plan]:
+    """Every (group, rank, bias) option for this head and method that fits ``budget``, best first."""
+    shapes = _shapes(model, head_kind, head_hidden)
     options = []
-    for gi, (group, targets) in enumerate(GROUPS.items()):
-        for r in RANKS:
+    for gi, (group, targets) in enumerate(groups_for(model).items()):
+        for r in VERA_RANKS if method == "vera" else RANKS:
             for bias in BIASES:
-                lora, head, nb = count_plan(model, targets, r, bias)
+                lora, head, nb = count_plan(model, targets, r, bias, head_kind, method, head_hidden, shapes)
                 if lora and lora + head + nb <= budget:
-                    options.append((gi, -r, -nb, Plan(group, targets, r, bias, lora, head, nb)))
+                    options.append((gi, -r, -nb, Plan(head_kind, method, group, targets, r, bias, lora, head, nb)))
     options.sort(key=lambda t: t[:3])
     return [t[3] for t in options]
 
 
-def choose_plan(model, budget: int) -> Plan:
+def choose_plan(model, budget: int, head_kind: str = "standard", method: str = "lora", head_hidden: int = 64) -> Plan:
     """The broadest module group at the largest rank that fits, then the most biases that still fit."""
-    options = plan_options(model, budget)
+    if head_kind == "auto":
+        head_kind = choose_head(model, budget, head_hidden)
+    options = plan_options(model, budget, head_kind, method, head_hidden)
     if not options:
-        linears, head, _ = _shapes(model)
-        smallest = head + min((i + o for n, i, o, _ in linears if any(_matches(n, t) for t in GROUPS["query+value"])), default=0)
+        linears, head, _ = _shapes(model, head_kind, head_hidden)
+        smallest = head + min(
+            (_adapter_count(method, 1, i, o) for n, i, o, _ in linears if any(_matches(n, t) for t in groups_for(model)["query+value"])), default=0
+        )
         raise UserError(
-            f"budget: {budget:,} trainable parameters cannot hold the classifier head and a rank-1 LoRA on this model (needs at least {smallest:,})"
+            f"budget: {budget:,} trainable parameters cannot hold the {head_kind} classifier head and a rank-1 {method} adapter on this model (needs at least {smallest:,})"
         )
     return options[0]
 
@@ -112,13 +184,59 @@ def _label_names(config) -> list[str]:
 
 
 def resolve_auto_lora(config, model) -> None:
-    """Fill ``config.lora`` from the plan when it says ``auto`` (the resolved values are saved with the run)."""
+    """Fill ``config.lora`` and ``config.model.head`` from the plan where they say ``auto``.
+
+    ``model`` is the base model with its standard head. The resolved values are saved with the run.
+    """
+    budget = config.budget.max_trainable_params
+    if config.model.head == "auto":
+        config.model.head = choose_head(model, budget, config.model.head_hidden)
     if not config.lora.auto:
         return
-    plan = choose_plan(model, config.budget.max_trainable_params)
+    plan = choose_plan(model, budget, config.model.head, config.lora.method, config.model.head_hidden)
     config.lora.r, config.lora.alpha = plan.r, 2 * plan.r
     config.lora.target_modules, config.lora.bias = plan.target_modules, plan.bias
     config.lora.auto = False
+
+
+def _plan_table(config, base, num_labels: int) -> str:
+    """The plan, the options it chose among, and how to use it (resolves ``config`` to the plan)."""
+    from textlora.heads import HEADS
+
+    budget, hidden = config.budget.max_trainable_params, config.model.head_hidden
+    chosen = choose_plan(base, budget, config.model.head, config.lora.method, hidden)
+    row = "  {:<9} {:<5} {:<17} {:>4} {:<10} {:>10} {:>9} {:>9} {:>10}{}"
+    lines = [
+        f"plan for {config.model.name}, {num_labels} classes, budget {budget:,}:",
+        row.format("head", "kind", "group", "r", "bias", "adapter", "head", "biases", "total", ""),
+    ]
+
+    def show(p: Plan) -> None:
+        lines.append(
+            row.format(
+                p.head_kind, p.method, p.group, p.r, p.bias, f"{p.lora:,}", f"{p.head:,}", f"{p.biases:,}", f"{p.total:,}", "  <- plan" if p == chosen else ""
+            )
+        )
+
+    shown = set()
+    for p in plan_options(base, budget, chosen.head_kind, chosen.method, hidden):
+        if (p.group, p.bias) not in shown:  # the largest rank per (group, bias) is enough to compare
+            shown.add((p.group, p.bias))
+            show(p)
+    lines.append("  other heads and methods, best option each:")
+    for head_kind in HEADS if config.model.head == "auto" else (chosen.head_kind,):
+        for method in ("lora", "dora", "vera"):
+            if (head_kind, method) != (chosen.head_kind, chosen.method):
+                options = plan_options(base, budget, head_kind, method, hidden)
+                if options:
+                    show(options[0])
+    config.lora.auto = True
+    resolve_auto_lora(config, base)
+    lines.append(
+        f"use it: lora: auto, or --model.head {chosen.head_kind} --lora.method {chosen.method} --lora.r {chosen.r} --lora.alpha {2 * chosen.r} "
+        f"--lora.target_modules '[{', '.join(chosen.target_modules)}]' --lora.bias {chosen.bias}"
+    )
+    return "\n".join(lines) + "\n"
 
 
 def budget(config_path: str | None, overrides: list[str] | None = None, plan: bool = False, max_trainable_params: int | None = None) -> str:
@@ -137,29 +255,11 @@ def budget(config_path: str | None, overrides: list[str] | None = None, plan: bo
         config.budget.max_trainable_params = max_trainable_params
     names = _label_names(config)
     if plan or config.lora.auto:
-        base = load_base_model(config.model.name, names, weights=False)
-        chosen = choose_plan(base, config.budget.max_trainable_params)
-        lines = [
-            f"plan for {config.model.name}, {len(names)} classes, budget {config.budget.max_trainable_params:,}:",
-            f"  {'group':<18} {'r':>3} {'bias':<10} {'LoRA':>10} {'head':>9} {'biases':>9} {'total':>10}",
-        ]
-        shown = set()
-        for p in plan_options(base, config.budget.max_trainable_params):
-            if (p.group, p.bias) in shown:
-                continue  # the largest rank per (group, bias) is enough to compare
-            shown.add((p.group, p.bias))
-            mark = "  <- plan" if p == chosen else ""
-            lines.append(f"  {p.group:<18} {p.r:>3} {p.bias:<10} {p.lora:>10,} {p.head:>9,} {p.biases:>9,} {p.total:>10,}{mark}")
-        config.lora.auto = True
-        resolve_auto_lora(config, base)
-        lines.append(
-            f"use it: lora: auto, or --lora.r {chosen.r} --lora.alpha {2 * chosen.r} --lora.target_modules '[{', '.join(chosen.target_modules)}]' --lora.bias {chosen.bias}"
-        )
-        header = "\n".join(lines) + "\n"
+        header = _plan_table(config, load_base_model(config.model.name, names, weights=False), len(names))
     else:
         header = ""
     _, breakdown = build_model(config, names, weights=False)
     return header + (
-        f"model {config.model.name}, {len(names)} classes, LoRA r={config.lora.r} on {', '.join(config.lora.target_modules)}, bias {config.lora.bias}\n"
+        f"model {config.model.name}, {len(names)} classes, head {config.model.head}, {config.lora.method} r={config.lora.r} on {', '.join(config.lora.target_modules)}, bias {config.lora.bias}\n"
         + breakdown.format(config.budget.max_trainable_params)
     )

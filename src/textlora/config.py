@@ -26,6 +26,8 @@ class ModelConfig:
     max_length_percentile: float | None = None  # if set, cap max_length at this percentile of the training texts' lengths
     dropout: float | None = None  # overrides every dropout of the base model while training; None keeps the model's own
     attn_implementation: str = "auto"  # auto (eager on CPU: faster for short texts there; sdpa on GPU) | eager | sdpa
+    head: str = "standard"  # standard (the model's own) | linear | mlp (first token) | mean (masked mean of the tokens) | auto (the planner's)
+    head_hidden: int = 64  # width of the mlp head's hidden layer
 
     def __post_init__(self) -> None:
         _check(self.max_length >= 8, "model.max_length", "an integer >= 8", self.max_length)
@@ -34,6 +36,8 @@ class ModelConfig:
         if self.dropout is not None:
             _check(0 <= self.dropout < 1, "model.dropout", "a number in [0, 1) or null", self.dropout)
         _check(self.attn_implementation in ("auto", "eager", "sdpa"), "model.attn_implementation", "auto, eager or sdpa", self.attn_implementation)
+        _check(self.head in ("auto", "standard", "linear", "mlp", "mean"), "model.head", "auto, standard, linear, mlp or mean", self.head)
+        _check(self.head_hidden >= 1, "model.head_hidden", "an integer >= 1", self.head_hidden)
 
 
 @dataclass
@@ -43,6 +47,7 @@ class LoraSettings:
     dropout: float = 0.1  # dropout on the LoRA input
     target_modules: list[str] = field(default_factory=lambda: ["query", "key", "value"])
     bias: str = "all"  # which biases train: none | all | lora_only
+    method: str = "lora"  # lora | dora (LoRA plus a learned magnitude per output) | vera (shared frozen random matrices, trained scaling vectors)
     auto: bool = False  # let the budget planner choose r, alpha, target_modules and bias (write `lora: auto`)
 
     def __post_init__(self) -> None:
@@ -50,6 +55,7 @@ class LoraSettings:
         _check(0 <= self.dropout < 1, "lora.dropout", "a number in [0, 1)", self.dropout)
         _check(len(self.target_modules) > 0, "lora.target_modules", "a non-empty list", self.target_modules)
         _check(self.bias in ("none", "all", "lora_only"), "lora.bias", "none, all or lora_only", self.bias)
+        _check(self.method in ("lora", "dora", "vera"), "lora.method", "lora, dora or vera", self.method)
 
 
 @dataclass

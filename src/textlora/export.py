@@ -43,6 +43,14 @@ def export(model: str, output: str, format: str = "hf", quantize: str | None = N
     if quantize and format != "onnx":
         raise UserError("--quantize int8 needs --format onnx")
     run = check_run_dir(model)
+    if format == "hf":
+        from textlora.models import read_run
+
+        saved = read_run(run)[0]
+        if saved.model.head != "standard":
+            raise UserError(f"--format hf: the run's model.head is {saved.model.head}, which transformers cannot load on its own; use --format onnx")
+        if saved.lora.method == "vera":
+            raise UserError("--format hf: a VeRA run cannot be merged into plain weights (peft 0.21); use --format onnx")
     out = _check_output_dir(output, overwrite)
     merged, tokenizer, label_names, config = load_classifier(run, merge=True)
     with atomic_dir(out) as tmp:

