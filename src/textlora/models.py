@@ -67,7 +67,7 @@ def unpack_split_zip(parts: list[Path], folder: Path, what: str) -> Path:
     return folder
 
 
-HEAD_NAMES = ("classifier", "score")  # what peft's SEQ_CLS task trains in full and saves with the adapter
+HEAD_NAMES = ("classifier", "score", "pre_classifier")  # what peft's SEQ_CLS task trains in full (it matches "classifier" as a substring) and saves
 
 
 def resolve_model_path(name: str) -> str:
