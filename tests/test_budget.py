@@ -42,7 +42,7 @@ def test_plan_respects_budget_or_refuses(tiny_bert, budget):
     try:
         plan = choose_plan(base, budget)
     except UserError as e:
-        assert "cannot hold the standard classifier head and a rank-1 lora adapter" in str(e)
+        assert "cannot hold the standard classifier head and the smallest lora adapter" in str(e)
         assert budget < 1_000
     else:
         assert plan.total <= budget

@@ -83,11 +83,11 @@ def _shapes(model, head_kind: str = "standard", head_hidden: int = 64):
     """
     import torch
 
-    from textlora.heads import _classifier_input_dims, head_params
+    from textlora.heads import classifier_input_dims, head_params
     from textlora.models import HEAD_NAMES
 
     skip = ()
-    if head_kind != "standard" and _classifier_input_dims(model) == 2:
+    if head_kind != "standard" and classifier_input_dims(model) == 2:
         skip = (f"{model.base_model_prefix}.pooler",)
     linears, head, biases = [], 0, {}
     for name, module in model.named_modules():
@@ -165,11 +165,11 @@ def choose_plan(model, budget: int, head_kind: str = "standard", method: str = "
     options = plan_options(model, budget, head_kind, method, head_hidden)
     if not options:
         linears, head, _ = _shapes(model, head_kind, head_hidden)
-        smallest = head + min(
-            (_adapter_count(method, 1, i, o) for n, i, o, _ in linears if any(_matches(n, t) for t in groups_for(model)["query+value"])), default=0
-        )
+        smallest_group = groups_for(model)["query+value"]  # the smallest option: rank 1 (VeRA: its lowest rank) there, no biases
+        r = VERA_RANKS[-1] if method == "vera" else 1
+        smallest = head + sum(_adapter_count(method, r, i, o) for n, i, o, _ in linears if any(_matches(n, t) for t in smallest_group))
         raise UserError(
-            f"budget: {budget:,} trainable parameters cannot hold the {head_kind} classifier head and a rank-1 {method} adapter on this model (needs at least {smallest:,})"
+            f"budget: {budget:,} trainable parameters cannot hold the {head_kind} classifier head and the smallest {method} adapter on this model (needs at least {smallest:,})"
         )
     return options[0]
 
