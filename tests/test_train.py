@@ -104,3 +104,10 @@ def test_class_weights_and_length_percentile_options(tmp_path, tiny_bert, data_d
     assert saved["model"]["max_length_percentile"] is None
     assert saved["model"]["max_length"] in (8, 16)  # texts are 5-11 words + [CLS]/[SEP]: the 90th percentile rounds up to 16
     assert saved["train"]["class_weights"] == "balanced"
+
+
+def test_resume_with_head_auto(tmp_path, tiny_bert, data_dir, capsys):
+    """`model.head: auto` is resolved before the checkpoint's config is compared, as `lora: auto` is."""
+    cfg = _cfg(tmp_path, tiny_bert, data_dir, "h", max_steps=6)
+    assert main(["train", "--config", str(cfg), "--model.head", "auto"]) == 0
+    assert main(["train", "--config", str(cfg), "--model.head", "auto", "--resume", "last"]) == 0, capsys.readouterr().err

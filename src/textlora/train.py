@@ -395,7 +395,7 @@ def train(config: Config, resume: str = "none", overwrite: bool = False) -> Path
 
     # _setup_data: read, split, tokenize once
     splits = load_splits(config.data, config.seed)
-    if config.lora.auto:  # the plan depends on the model's shapes and the number of classes
+    if config.lora.auto or config.model.head == "auto":  # the plan depends on the model's shapes and the number of classes
         from textlora.budget import resolve_auto_lora
         from textlora.models import load_base_model
 
