@@ -191,9 +191,13 @@ def resolve_auto_lora(config, model) -> None:
     budget = config.budget.max_trainable_params
     if config.model.head == "auto":
         config.model.head = choose_head(model, budget, config.model.head_hidden)
-    if not config.lora.auto:
-        return
-    plan = choose_plan(model, budget, config.model.head, config.lora.method, config.model.head_hidden)
+    if config.lora.auto:
+        apply_plan(config, choose_plan(model, budget, config.model.head, config.lora.method, config.model.head_hidden))
+
+
+def apply_plan(config, plan: Plan) -> None:
+    """Write ``plan`` into ``config`` (head, rank, alpha = 2r, targets, bias); nothing is left on auto."""
+    config.model.head = plan.head_kind
     config.lora.r, config.lora.alpha = plan.r, 2 * plan.r
     config.lora.target_modules, config.lora.bias = plan.target_modules, plan.bias
     config.lora.auto = False
@@ -230,8 +234,7 @@ def _plan_table(config, base, num_labels: int) -> str:
                 options = plan_options(base, budget, head_kind, method, hidden)
                 if options:
                     show(options[0])
-    config.lora.auto = True
-    resolve_auto_lora(config, base)
+    apply_plan(config, chosen)
     lines.append(
         f"use it: lora: auto, or --model.head {chosen.head_kind} --lora.method {chosen.method} --lora.r {chosen.r} --lora.alpha {2 * chosen.r} "
         f"--lora.target_modules '[{', '.join(chosen.target_modules)}]' --lora.bias {chosen.bias}"
