@@ -25,7 +25,7 @@ class GenerateConfig:
     prompts: str = "configs/prompts/agnews.yaml"  # YAML: classes: {name: [prompt, ...]} in label order
     output: str = "runs/synthetic/agnews-smollm2.csv"  # .csv or .parquet
     rows_per_class: int = 250
-    batch_size: int = 32
+    batch_size: int = 256  # rows sampled together; 256 ran ~1.15x faster than 128 on 2 cores
     top_k: int = 50
     top_p: float = 0.95
     repetition_penalty: float = 1.3
@@ -33,10 +33,13 @@ class GenerateConfig:
     length_std: float = 12
     length_min: int = 1
     length_max: int = 128
+    keep_prompt: bool = False  # the row's text starts with its prompt (else only the new tokens)
     seed: int = 42
-    precision: str = "auto"
+    precision: str = "auto"  # auto (bf16 weights where the hardware has bf16) | bf16 | fp32
+    fused: bool = True  # Llama-family models (SmolLM2) run a fused forward; False: transformers' forward
 
     def __post_init__(self) -> None:
+        _check(self.precision in ("auto", "bf16", "fp32"), "precision", "auto, bf16 or fp32", self.precision)
         _check(self.rows_per_class >= 1, "rows_per_class", "an integer >= 1", self.rows_per_class)
         _check(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
         _check(self.top_k >= 0, "top_k", "an integer >= 0", self.top_k)
@@ -79,29 +82,33 @@ def plan_rows(prompts: dict[str, list[str]], cfg: GenerateConfig) -> list[dict]:
     return rows
 
 
-def _generate_batch(model, tok, batch: list[dict], cfg: GenerateConfig, batch_index: int, precision: str) -> list[str]:
+def _generate_batch(model, tok, batch: list[dict], cfg: GenerateConfig, batch_index: int, device) -> tuple[list[str], int]:
+    """(texts, new tokens) for one batch; batch k samples from a generator seeded with (seed, k)."""
     import torch
 
-    from textlora.predict import autocast
+    from textlora.augment.sampling import SamplingSettings, sample
 
-    torch.manual_seed((cfg.seed * 1_000_003 + batch_index) % (2**31))  # batch k samples the same way on resume
-    enc = tok([r["prompt"] for r in batch], return_tensors="pt", padding=True)
-    with torch.inference_mode(), autocast(precision, torch.device("cpu")):
-        out = model.generate(
-            **enc,
-            do_sample=True,
-            top_k=cfg.top_k,
-            top_p=cfg.top_p,
-            repetition_penalty=cfg.repetition_penalty,
-            max_new_tokens=max(r["max_new_tokens"] for r in batch),
-            pad_token_id=tok.pad_token_id,
-        )
-    new = out[:, enc["input_ids"].shape[1] :]  # the prompt is stripped: only new tokens are kept
+    generator = torch.Generator(device=device).manual_seed((cfg.seed * 1_000_003 + batch_index) % (2**63))
+    prompts = [tok(r["prompt"])["input_ids"] or [tok.eos_token_id] for r in batch]
+    settings = SamplingSettings(top_k=cfg.top_k, top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty)
+    new = sample(
+        model,
+        prompts,
+        [r["max_new_tokens"] for r in batch],
+        settings,
+        pad_id=tok.pad_token_id,
+        eos_id=tok.eos_token_id,
+        generator=generator,
+        device=device,
+        fused=cfg.fused,
+    )
     texts = []
     for r, ids in zip(batch, new):
-        text = tok.decode(ids[: r["max_new_tokens"]], skip_special_tokens=True)
+        text = tok.decode(ids, skip_special_tokens=True)
+        if cfg.keep_prompt:
+            text = r["prompt"] + text
         texts.append(" ".join(text.split()))
-    return texts
+    return texts, sum(len(ids) for ids in new)
 
 
 def generate(config: GenerateConfig, overwrite: bool = False, label_names: list[str] | None = None) -> Path:
@@ -115,7 +122,7 @@ def generate(config: GenerateConfig, overwrite: bool = False, label_names: list[
 
     from textlora.augment.lm import load_causal_lm
     from textlora.fsutil import atomic_path
-    from textlora.predict import resolve_precision
+    from textlora.predict import default_device, resolve_precision
 
     out = Path(config.output)
     if out.suffix.lower() not in (".csv", ".parquet"):
@@ -130,17 +137,21 @@ def generate(config: GenerateConfig, overwrite: bool = False, label_names: list[
     n_done = 0 if done is None else int(done["row"].max()) + 1
     if n_done:
         print(f"continuing {partial}: {n_done} of {len(rows)} rows already generated", flush=True)
+    start_load = time.perf_counter()
+    device = default_device()
     model, tok = load_causal_lm(config.model)
-    model.eval()
-    precision = resolve_precision(config.precision, torch.device("cpu"))
+    precision = resolve_precision(config.precision, device)
+    model.to(device=device, dtype=torch.bfloat16 if precision == "bf16" else torch.float32).eval()
+    load_seconds = time.perf_counter() - start_load
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(rows), initial=n_done, desc="generate", unit="row", mininterval=5)
-    start, new_tokens = time.perf_counter(), 0
+    start, new_tokens, first_row = time.perf_counter(), 0, None
     for k in range(n_done // config.batch_size, -(-len(rows) // config.batch_size)):
         batch = rows[k * config.batch_size : (k + 1) * config.batch_size]
-        texts = _generate_batch(model, tok, batch, config, k, precision)
-        new_tokens += sum(len(tok(t)["input_ids"]) for t in texts)
+        texts, n_new = _generate_batch(model, tok, batch, config, k, device)
+        new_tokens += n_new
+        first_row = first_row or time.perf_counter() - start
         df = pd.DataFrame([{**r, "text": t, "seed": config.seed, "batch": k, "model": config.model} for r, t in zip(batch, texts)])
         df.to_csv(partial, mode="a", header=not partial.is_file(), index=False)
         bar.update(len(batch))
@@ -162,6 +173,10 @@ def generate(config: GenerateConfig, overwrite: bool = False, label_names: list[
         "empty_dropped": int(len(full) - len(kept)),
         "classes_with_no_rows": [n for n, c in per_class.items() if c == 0],
         "seconds_this_run": seconds,
+        "load_seconds": load_seconds,
+        "first_batch_seconds": first_row,
+        "precision": precision,
+        "device": str(device),
         "new_tokens_this_run": new_tokens,
         "tokens_per_s": new_tokens / max(seconds, 1e-9),
         "rows_per_s": (len(rows) - n_done) / max(seconds, 1e-9),
