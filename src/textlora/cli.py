@@ -44,9 +44,13 @@ def _evaluate(args, extra: list[str]) -> int:
         batch_size=args.batch_size,
         overwrite=args.overwrite,
     )
-    print(format_metrics(metrics))
+    if len(args.data) == 1:
+        print(format_metrics(metrics))
+    else:
+        for f, m in metrics.items():
+            print(f"== {f}\n{format_metrics(m)}\n")
     if args.output_dir:
-        print(f"wrote {args.output_dir}/metrics.json, confusion_matrix.json, confusion_matrix.png")
+        print(f"wrote {args.output_dir}/metrics.json and the confusion matrices (JSON, PNG)")
     return 0
 
 
@@ -69,6 +73,25 @@ def _predict(args, extra: list[str]) -> int:
         print(json.dumps(result["probabilities"], indent=2))
     elif _is_rank0():
         print(f"wrote {result}")
+    return 0
+
+
+def _pseudolabel(args, extra: list[str]) -> int:
+    from textlora.pseudolabel import pseudolabel
+
+    out = pseudolabel(
+        args.model,
+        args.data,
+        args.output,
+        text_column=args.text_column,
+        min_confidence=args.min_confidence,
+        max_per_class=args.max_per_class,
+        balance=args.balance,
+        exclude=args.exclude,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {out} and {out.name}.report.json")
     return 0
 
 
@@ -118,7 +141,8 @@ def _augment(kind: str):
             from textlora.augment.filter import FilterConfig as cls
             from textlora.augment.filter import filter_rows as fn
         config = load_config(args.config, extra, cls=cls)
-        print(f"wrote {fn(config, overwrite=args.overwrite)}")
+        kwargs = {"reuse": args.reuse} if kind in ("adapt", "generate") else {}
+        print(f"wrote {fn(config, overwrite=args.overwrite, **kwargs)}")
         return 0
 
     return run
@@ -127,6 +151,9 @@ def _augment(kind: str):
 AUGMENT_ARGS = [
     (("--config",), dict(help="YAML config (default: the built-in defaults); dotted overrides follow, e.g. --rows_per_class 100")),
     (("--overwrite",), dict(action="store_true")),
+]
+CACHED_ARGS = AUGMENT_ARGS + [
+    (("--reuse",), dict(action="store_true", help="keep an existing output made from the same settings and inputs; redo it otherwise"))
 ]
 
 VERBS = {
@@ -145,7 +172,7 @@ VERBS = {
         "textlora.evaluate:evaluate",
         [
             (("--model",), dict(required=True, help="run directory")),
-            (("--data",), dict(required=True, help="labelled file")),
+            (("--data",), dict(required=True, nargs="+", help="labelled file(s)")),
             (("--output-dir",), dict(help="write metrics and the confusion matrix (JSON, PNG) here")),
             (("--text-column",), dict()),
             (("--label-column",), dict()),
@@ -164,6 +191,22 @@ VERBS = {
             (("--text-column",), dict(default="text")),
             (("--with-names",), dict(action="store_true", help="add a LabelName column")),
             (("--with-probs",), dict(action="store_true", help="add a P(name) column per class")),
+            (("--batch-size",), dict(type=int, default=32)),
+            (("--overwrite",), dict(action="store_true")),
+        ],
+    ),
+    "pseudolabel": (
+        _pseudolabel,
+        "textlora.pseudolabel:pseudolabel",
+        [
+            (("--model",), dict(required=True, help="run directory of the teacher")),
+            (("--data",), dict(required=True, help="unlabelled file of texts")),
+            (("--output",), dict(required=True, help="CSV to write (text, label, provenance)")),
+            (("--text-column",), dict(default="text")),
+            (("--min-confidence",), dict(type=float, default=0.9, help="keep rows whose top class probability reaches this")),
+            (("--max-per-class",), dict(type=int, help="at most this many rows a class, most confident first")),
+            (("--balance",), dict(action="store_true", help="every class keeps as many rows as the class with the fewest")),
+            (("--exclude",), dict(nargs="*", default=[], help="files whose texts are never labelled (e.g. eval sets)")),
             (("--batch-size",), dict(type=int, default=32)),
             (("--overwrite",), dict(action="store_true")),
         ],
@@ -200,8 +243,8 @@ VERBS = {
             (("--max-chars",), dict(type=int, default=10_000, help="texts are cut to this many characters")),
         ],
     ),
-    "adapt": (_augment("adapt"), "textlora.augment.adapt:adapt", AUGMENT_ARGS),
-    "generate": (_augment("generate"), "textlora.augment.generate:generate", AUGMENT_ARGS),
+    "adapt": (_augment("adapt"), "textlora.augment.adapt:adapt", CACHED_ARGS),
+    "generate": (_augment("generate"), "textlora.augment.generate:generate", CACHED_ARGS),
     "filter": (_augment("filter"), "textlora.augment.filter:filter_rows", AUGMENT_ARGS),
     "budget": (
         _budget,
@@ -220,6 +263,7 @@ SUMMARIES = {
     "evaluate": "accuracy, macro-F1, per-class scores and confusion matrix on a labelled file",
     "predict": "predict a file to an ID,Label CSV, or one --text",
     "budget": "print the trainable-parameter breakdown of a config against its budget, or --plan one",
+    "pseudolabel": "label unlabelled texts with a run; keep the confident ones, class-balanced, with provenance",
     "export": "write a merged Hugging Face folder or an ONNX model (optionally int8)",
     "report": "write a self-contained HTML report: curves, confusion matrix, mistakes, timings",
     "serve": "serve a run over HTTP with a small web page (loopback by default)",

@@ -77,8 +77,13 @@ class DataConfig:
     dev: str | None = None  # a labelled dev file to use instead of splitting `train` (then val_fraction is unused)
     min_words: int = 0  # training rows with fewer words are dropped
     max_words: int | None = None  # training rows with more words are dropped
+    eval_sets: dict[str, str] = field(default_factory=dict)  # name -> labelled file, evaluated with the dev split (never trained on)
 
     def __post_init__(self) -> None:
+        for name in self.eval_sets:
+            _check(
+                name not in ("dev", "") and "." not in name and "/" not in name, f"data.eval_sets.{name}", "a name other than 'dev', without '.' or '/'", name
+            )
         _check(0 < self.val_fraction < 1, "data.val_fraction", "a number in (0, 1)", self.val_fraction)
         _check(self.min_words >= 0, "data.min_words", "an integer >= 0", self.min_words)
         if self.max_words is not None:
@@ -104,7 +109,7 @@ class TrainConfig:
     eval_strategy: str = "epoch"  # epoch | steps
     eval_steps: int = 500  # with eval_strategy: steps (checkpoints are saved at each evaluation)
     save_total_limit: int = 2  # checkpoints kept (the best one is always kept)
-    metric_for_best: str = "accuracy"  # accuracy | macro_f1 | loss
+    metric_for_best: str = "accuracy"  # accuracy | macro_f1 | loss on the dev split, or SET.accuracy (etc.) for a data.eval_sets entry
     early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0 = never
     num_workers: int = 0  # dataloader workers; 0 = in the main process (batches are pre-tokenized)
     label_smoothing: float = 0.0
@@ -127,7 +132,12 @@ class TrainConfig:
         _check(self.eval_strategy in ("epoch", "steps"), "train.eval_strategy", "epoch or steps", self.eval_strategy)
         _check(self.eval_steps >= 1, "train.eval_steps", "an integer >= 1", self.eval_steps)
         _check(self.save_total_limit >= 1, "train.save_total_limit", "an integer >= 1", self.save_total_limit)
-        _check(self.metric_for_best in ("accuracy", "macro_f1", "loss"), "train.metric_for_best", "accuracy, macro_f1 or loss", self.metric_for_best)
+        _check(
+            self.metric_for_best.rsplit(".", 1)[-1] in ("accuracy", "macro_f1", "loss"),
+            "train.metric_for_best",
+            "accuracy, macro_f1 or loss, or SET.accuracy / SET.macro_f1 / SET.loss for an eval set",
+            self.metric_for_best,
+        )
         _check(self.early_stopping_patience >= 0, "train.early_stopping_patience", "an integer >= 0", self.early_stopping_patience)
         _check(self.num_workers >= 0, "train.num_workers", "an integer >= 0", self.num_workers)
         _check(0 <= self.label_smoothing < 1, "train.label_smoothing", "a number in [0, 1)", self.label_smoothing)
@@ -143,6 +153,13 @@ class Config:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if "." in self.train.metric_for_best:
+            name = self.train.metric_for_best.rsplit(".", 1)[0]
+            _check(
+                name in self.data.eval_sets, "train.metric_for_best", f"an eval set named in data.eval_sets ({', '.join(self.data.eval_sets) or 'none'})", name
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -162,6 +179,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise UserError(f"config: {key}: expected a mapping, found {value!r}")
+        return {_coerce(k, key_tp, key): _coerce(v, val_tp, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         (item,) = typing.get_args(tp)
         if isinstance(value, str):  # a single string is a one-item list

@@ -7,7 +7,7 @@ cause is a :class:`UserError` that names the file, the column or the row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +222,7 @@ class Splits:
     val_labels: np.ndarray
     label_names: list[str]
     counts: dict  # rows read, filtered, extra, per split: for the run's metrics and model card
+    eval_sets: dict = field(default_factory=dict)  # name -> (texts, labels): evaluated beside the dev split, never trained on
 
 
 def load_splits(data_cfg, seed: int) -> Splits:
@@ -241,7 +242,8 @@ def load_splits(data_cfg, seed: int) -> Splits:
     extra_rows = 0
     for source in data_cfg.extra_train:
         extra = read_texts(source, data_cfg.text_column, data_cfg.label_column)
-        if type(extra.labels[0]) is not type(main.labels[0]):
+        # names always match by name; integers are class indices only where the classes are numbered
+        if isinstance(extra.labels[0], int) and not isinstance(main.labels[0], int) and not data_cfg.label_names:
             raise UserError(f"{source}: labels are {type(extra.labels[0]).__name__}s but {data_cfg.train} has {type(main.labels[0]).__name__}s")
         train_texts += extra.texts
         train_labels.append(encode_labels(extra, names))
@@ -259,4 +261,9 @@ def load_splits(data_cfg, seed: int) -> Splits:
         "train_rows": len(train_texts),
         "val_rows": len(val_texts),
     }
-    return Splits(train_texts, train_labels, val_texts, val_labels, names, counts)
+    eval_sets = {}
+    for name, source in data_cfg.eval_sets.items():
+        frame = read_texts(source, data_cfg.text_column, data_cfg.label_column)
+        eval_sets[name] = (frame.texts, encode_labels(frame, names))
+        counts[f"eval_rows.{name}"] = len(frame.texts)
+    return Splits(train_texts, train_labels, val_texts, val_labels, names, counts, eval_sets)

@@ -76,30 +76,41 @@ def format_metrics(metrics: dict) -> str:
 
 def evaluate(
     model: str,
-    data: str,
+    data: str | list[str],
     output_dir: str | None = None,
     text_column: str | None = None,
     label_column: str | None = None,
     batch_size: int = 32,
     overwrite: bool = False,
 ) -> dict:
-    """Metrics of a trained run on any labelled file.
+    """Metrics of a trained run on one or more labelled files (e.g. in-domain dev and a target sample).
 
     Args:
         model: run directory written by ``textlora train``.
-        data: labelled CSV/TSV/JSONL/Parquet file; labels are class indices or label names.
-        output_dir: if given, write metrics.json, confusion_matrix.json and confusion_matrix.png there.
+        data: labelled CSV/TSV/JSONL/Parquet file(s); labels are class indices or label names.
+        output_dir: if given, write metrics.json, confusion_matrix.json and confusion_matrix.png there
+            (with several files: metrics.json maps each file to its metrics, and the confusion
+            matrices are named after each file's stem).
         text_column: text column (default: the one the model was trained with).
         label_column: label column (default: the one the model was trained with).
         batch_size: texts per forward pass.
         overwrite: replace existing files in ``output_dir``.
+
+    Returns:
+        The metrics for a single file; for several, ``{file: metrics}``.
     """
     from textlora.data import encode_labels, read_texts
     from textlora.fsutil import atomic_path
     from textlora.models import read_run
     from textlora.predict import load
 
-    names = ("metrics.json", "confusion_matrix.json", "confusion_matrix.png")
+    files = [data] if isinstance(data, str) else list(data)
+    if not files:
+        raise UserError("--data: no file given")
+    stems = [""] if len(files) == 1 else [f".{Path(f).stem}" for f in files]
+    if len(set(stems)) != len(stems):
+        raise UserError(f"--data: two files share a name ({', '.join(files)}); their outputs would collide")
+    names = ["metrics.json"] + [f"confusion_matrix{s}.{ext}" for s in stems for ext in ("json", "png")]
     if output_dir is not None:
         out = Path(output_dir)
         if out.exists() and not out.is_dir():
@@ -109,19 +120,21 @@ def evaluate(
         clash = [n for n in names if (out / n).exists()]
         if clash and not overwrite:
             raise UserError(f"--output-dir {out}: {clash[0]} already exists; pass --overwrite to replace it")
-    config, label_names = read_run(model)  # check the inputs before loading any weights
-    frame = read_texts(data, text_column or config.data.text_column, label_column or config.data.label_column)
-    y_true = encode_labels(frame, label_names)
+    config, label_names = read_run(model)  # check every input before loading any weights
+    frames = [read_texts(f, text_column or config.data.text_column, label_column or config.data.label_column) for f in files]
+    truths = [encode_labels(frame, label_names) for frame in frames]
     clf = load(model, batch_size=batch_size)
-    y_pred = clf.logits(frame.texts, progress=True).argmax(axis=1)
-    metrics = compute_metrics(y_true, y_pred, clf.label_names)
-    metrics["data"] = str(data)
+    results = {}
+    for f, frame, y_true in zip(files, frames, truths):
+        y_pred = clf.logits(frame.texts, progress=len(frame.texts) > 2000).argmax(axis=1)
+        results[f] = {**compute_metrics(y_true, y_pred, clf.label_names), "data": str(f)}
     if output_dir is not None:
         out.mkdir(exist_ok=True)
         with atomic_path(out / "metrics.json") as tmp:
-            tmp.write_text(json.dumps(metrics, indent=2))
-        with atomic_path(out / "confusion_matrix.json") as tmp:
-            tmp.write_text(json.dumps({"label_names": metrics["label_names"], "matrix": metrics["confusion_matrix"]}, indent=2))
-        with atomic_path(out / "confusion_matrix.png") as tmp:
-            plot_confusion(metrics, tmp)
-    return metrics
+            tmp.write_text(json.dumps(results[files[0]] if len(files) == 1 else results, indent=2))
+        for stem, m in zip(stems, results.values()):
+            with atomic_path(out / f"confusion_matrix{stem}.json") as tmp:
+                tmp.write_text(json.dumps({"label_names": m["label_names"], "matrix": m["confusion_matrix"]}, indent=2))
+            with atomic_path(out / f"confusion_matrix{stem}.png") as tmp:
+                plot_confusion(m, tmp)
+    return results[files[0]] if len(files) == 1 else results

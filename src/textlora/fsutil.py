@@ -99,3 +99,28 @@ def cache_dir() -> Path:
     """Where textlora keeps converted or unpacked models: $TEXTLORA_CACHE, else ~/.cache/textlora."""
     root = os.environ.get("TEXTLORA_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")), "textlora")
     return Path(root)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, or of a folder's files (names and bytes, in sorted order)."""
+    import hashlib
+
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(settings: dict, inputs: list) -> str:
+    """A step's cache key: its resolved settings and the content of its input files/folders."""
+    import hashlib
+    import json
+
+    digests = {str(p): file_digest(p) for p in inputs if p is not None and Path(p).exists()}
+    return hashlib.sha256(json.dumps({"settings": settings, "inputs": digests}, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -30,6 +30,18 @@ def model_card(config, splits, breakdown, metrics: dict) -> str:
     if best:
         lines += [f"- accuracy {best['accuracy']:.4f}, macro-F1 {best['macro_f1']:.4f}, loss {best['loss']:.4f} (step {best['step']})"]
         lines += [f"- {name}: precision {m['precision']:.3f}, recall {m['recall']:.3f}, F1 {m['f1']:.3f}" for name, m in best["per_class"].items()]
+    if best.get("eval_sets"):
+        lines += [
+            "",
+            "## Metrics on the eval sets (best checkpoint; never trained on)",
+            "",
+            "| set | file | rows | accuracy | macro-F1 | loss |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {n} | `{config.data.eval_sets.get(n, '?')}` | {m['n']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['loss']:.4f} |"
+            for n, m in best["eval_sets"].items()
+        ]
     lines += [
         "",
         "## Use",
@@ -173,6 +185,7 @@ def build_report(model: str, data: str | None = None, output: str | None = None,
         "<h2 id='curves'>Training and validation curves</h2>",
         f"<img alt='learning curves' src='{_curves(metrics)}'>",
         f"<p>Best checkpoint: step {best.get('step')} by {escape(str(metrics.get('metric_for_best')))}.</p>",
+        _eval_sets_section(config, metrics),
         "<h2 id='confusion'>Confusion matrix</h2>",
         f"<img alt='confusion matrix' src='{_confusion_png(m)}'>",
         "<h2 id='per-class'>Per-class precision, recall and F1</h2>",
@@ -207,6 +220,22 @@ def build_report(model: str, data: str | None = None, output: str | None = None,
     with atomic_path(out) as tmp:
         tmp.write_text("\n".join(parts), encoding="utf-8")
     return str(out)
+
+
+def _eval_sets_section(config, metrics: dict) -> str:
+    """Dev split and every eval set at each evaluation (the best checkpoint marked)."""
+    hist = metrics.get("history", [])
+    names = sorted({n for h in hist for n in h.get("eval_sets", {})})
+    if not names:
+        return ""
+    best = (metrics.get("best") or {}).get("step")
+    rows = [
+        [h["step"] if h["step"] != best else f"{h['step']} (best)", f"{h['accuracy']:.4f}"]
+        + [f"{h['eval_sets'][n]['accuracy']:.4f} / {h['eval_sets'][n]['macro_f1']:.4f}" if n in h.get("eval_sets", {}) else "-" for n in names]
+        for h in hist
+    ]
+    files = ", ".join(f"{n}: {config.data.eval_sets.get(n, '?')}" for n in names)
+    return "<h2 id='eval-sets'>Eval sets (accuracy / macro-F1; never trained on)</h2>" + f"<p>{files}</p>" + _table(["step", "dev accuracy", *names], rows)
 
 
 def _synthetic_section(config) -> str:

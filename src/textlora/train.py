@@ -314,6 +314,14 @@ class Fit:
     window_rows: int = 0
 
 
+def metric_value(entry: dict, metric: str) -> float:
+    """``accuracy`` etc. of the dev split, or ``SET.accuracy`` etc. of an eval set, from a history entry."""
+    if "." in metric:
+        name, key = metric.rsplit(".", 1)
+        return entry["eval_sets"][name][key]
+    return entry[metric]
+
+
 def _is_better(value: float, best: float | None, metric: str) -> bool:
     if best is None:
         return True
@@ -346,7 +354,8 @@ def _evaluate(model, val_encoded, val_labels, pad_id, cfg, precision, device, la
     logits = predict_logits(model, val_encoded, pad_id, batch_size=cfg.eval_batch_size, precision=precision, device=device)
     loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(val_labels)).item())
     m = compute_metrics(val_labels, logits.argmax(axis=1), label_names)
-    return {"loss": loss, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "per_class": m["per_class"], "confusion_matrix": m["confusion_matrix"]}
+    keep = ("accuracy", "macro_f1", "n", "per_class", "confusion_matrix")
+    return {"loss": loss, **{k: m[k] for k in keep}}
 
 
 def _check_output_dir(out: Path, resume: str, overwrite: bool) -> None:
@@ -412,6 +421,7 @@ def train(config: Config, resume: str = "none", overwrite: bool = False) -> Path
         config.model.max_length_percentile = None
     train_enc = encode_texts(tokenizer, splits.train_texts, config.model.max_length)
     val_enc = encode_texts(tokenizer, splits.val_texts, config.model.max_length)
+    sets_enc = {name: (encode_texts(tokenizer, texts, config.model.max_length), labels) for name, (texts, labels) in splits.eval_sets.items()}
     lengths = np.array([len(s) for s in train_enc])
 
     # _setup_model
@@ -528,7 +538,7 @@ def train(config: Config, resume: str = "none", overwrite: bool = False) -> Path
                 if due:
                     fit.train_seconds += time.perf_counter() - t0
                     stop = _eval_and_checkpoint(
-                        core, fit, out, optimizer, scheduler, config, dist_info, writer, val_enc, splits, pad_id, precision, device, steps_per_epoch
+                        core, fit, out, optimizer, scheduler, config, dist_info, writer, val_enc, sets_enc, splits, pad_id, precision, device, steps_per_epoch
                     )
                     t0 = time.perf_counter()
                     window_t = time.perf_counter()
@@ -561,24 +571,32 @@ def _null():
     return contextlib.nullcontext()
 
 
-def _eval_and_checkpoint(core, fit, out, optimizer, scheduler, config, dist_info, writer, val_enc, splits, pad_id, precision, device, steps_per_epoch) -> bool:
-    """Evaluate on the dev split, checkpoint (rank 0), and decide on early stopping. Returns stop?"""
+def _eval_and_checkpoint(
+    core, fit, out, optimizer, scheduler, config, dist_info, writer, val_enc, sets_enc, splits, pad_id, precision, device, steps_per_epoch
+) -> bool:
+    """Evaluate on the dev split and the eval sets, checkpoint (rank 0), and decide on early stopping. Returns stop?"""
     cfg = config.train
     stop = False
     if dist_info.main:
         _fault("eval")
         m = _evaluate(core, val_enc, splits.val_labels, pad_id, cfg, precision, device, splits.label_names)
+        sets = {n: _evaluate(core, enc, labels, pad_id, cfg, precision, device, splits.label_names) for n, (enc, labels) in sets_enc.items()}
         entry = {"step": fit.global_step, "epoch": round(fit.global_step / steps_per_epoch, 4), **m}
+        if sets:
+            entry["eval_sets"] = sets
         fit.history.append(entry)
         _log_scalars(writer, "eval", {k: entry[k] for k in ("loss", "accuracy", "macro_f1")}, fit.global_step)
+        for n, sm in sets.items():
+            _log_scalars(writer, f"eval_{n}", {k: sm[k] for k in ("loss", "accuracy", "macro_f1")}, fit.global_step)
         name = f"step-{fit.global_step:08d}"
-        value = m[cfg.metric_for_best]
+        value = metric_value(entry, cfg.metric_for_best)
         if _is_better(value, fit.best_metric, cfg.metric_for_best):
             fit.best_metric, fit.best_checkpoint, fit.bad_evals = value, name, 0
         else:
             fit.bad_evals += 1
         print(
             f"\nstep {fit.global_step}: dev loss {m['loss']:.4f}, accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}"
+            + "".join(f"; {n} accuracy {sm['accuracy']:.4f} (n={sm['n']}), macro-F1 {sm['macro_f1']:.4f}" for n, sm in sets.items())
             + (" (best)" if fit.best_checkpoint == name else ""),
             flush=True,
         )

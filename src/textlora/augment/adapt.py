@@ -29,6 +29,7 @@ class AdaptConfig:
     max_length: int = 96  # tokens per text
     batch_size: int = 16
     max_texts: int | None = 2000  # train on this many texts (None: all); CPU time grows linearly
+    exclude: list[str] = field(default_factory=list)  # files whose texts are left out (e.g. labelled eval sets)
     heldout: int = 200  # texts kept out of training to measure perplexity before and after
     seed: int = 42
     precision: str = "auto"  # auto | bf16 | fp32
@@ -76,29 +77,39 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int, precision: s
     return math.exp(total / max(count, 1))
 
 
-def adapt(config: AdaptConfig, overwrite: bool = False) -> Path:
+def adapt(config: AdaptConfig, overwrite: bool = False, reuse: bool = False) -> Path:
     """Fine-tune a causal LM on unlabelled target texts and save the adapted model folder.
 
     Reports perplexity on ``heldout`` target texts before and after (in adapt_metrics.json).
+    With ``reuse``, an output_dir adapted from the same settings and the same input files is kept
+    as it is (a changed setting or input redoes it).
     """
+    from dataclasses import asdict
+
     import torch
 
-    from textlora.augment.lm import load_causal_lm
+    from textlora.augment.lm import load_causal_lm, resolve_causal_lm
     from textlora.data import read_texts
-    from textlora.fsutil import atomic_dir
+    from textlora.fsutil import atomic_dir, fingerprint
     from textlora.predict import autocast, resolve_precision
 
     out = Path(config.output_dir)
-    if out.exists() and not overwrite:
+    key = fingerprint(asdict(config), [config.texts, *config.exclude, resolve_causal_lm(config.model)])
+    if reuse and (out / "adapt_metrics.json").is_file() and json.loads((out / "adapt_metrics.json").read_text()).get("fingerprint") == key:
+        print(f"reusing {out}: adapted from the same settings and inputs", flush=True)
+        return out
+    if out.exists() and not (overwrite or reuse):
         raise UserError(f"output_dir {out}: already exists; pass --overwrite to replace it")
     frame = read_texts(config.texts, config.text_column, None, require_labels=False)
+    banned = {" ".join(t.split()) for f in config.exclude for t in read_texts(f, config.text_column, None, require_labels=False).texts}
+    texts = [t for t in frame.texts if " ".join(t.split()) not in banned]
     rng = np.random.default_rng(config.seed)
-    order = rng.permutation(len(frame.texts))
+    order = rng.permutation(len(texts))
     if len(order) < config.heldout + 1:
         raise UserError(f"{config.texts}: {len(order)} texts; need more than heldout={config.heldout}")
-    held = [frame.texts[i] for i in order[: config.heldout]]
+    held = [texts[i] for i in order[: config.heldout]]
     train_idx = order[config.heldout :][: config.max_texts]
-    train_texts = [frame.texts[i] for i in train_idx]
+    train_texts = [texts[i] for i in train_idx]
     torch.manual_seed(config.seed)
     model, tok = load_causal_lm(config.model)
     precision = resolve_precision(config.precision, torch.device("cpu"))
@@ -154,6 +165,8 @@ def adapt(config: AdaptConfig, overwrite: bool = False) -> Path:
         "perplexity_after": after,
         "train_seconds": seconds,
         "final_loss": float(np.mean(losses[-20:])),
+        "excluded_texts": len(frame.texts) - len(texts),
+        "fingerprint": key,
     }
     with atomic_dir(out) as tmp:
         model.save_pretrained(str(tmp))

@@ -111,28 +111,42 @@ def _generate_batch(model, tok, batch: list[dict], cfg: GenerateConfig, batch_in
     return texts, sum(len(ids) for ids in new)
 
 
-def generate(config: GenerateConfig, overwrite: bool = False, label_names: list[str] | None = None) -> Path:
+def generate(config: GenerateConfig, overwrite: bool = False, label_names: list[str] | None = None, reuse: bool = False) -> Path:
     """Generate ``rows_per_class`` labelled rows per class from the prompt file, batched, resumable.
 
     Writes text, label, label_name and provenance (prompt, seed, batch, model) to ``output`` and a
     summary to ``output`` with suffix ``.generate.json``; a class that yields no text is reported.
+    With ``reuse``, an output generated from the same settings, prompts and model files is kept
+    as it is (a changed setting or input redoes it).
     """
+    from dataclasses import asdict
+
     import pandas as pd
     import torch
 
-    from textlora.augment.lm import load_causal_lm
-    from textlora.fsutil import atomic_path
+    from textlora.augment.lm import load_causal_lm, resolve_causal_lm
+    from textlora.fsutil import atomic_path, fingerprint
     from textlora.predict import default_device, resolve_precision
 
     out = Path(config.output)
     if out.suffix.lower() not in (".csv", ".parquet"):
         raise UserError(f"output {out}: expected a .csv or .parquet file")
-    if out.exists() and not overwrite:
+    summary_path = out.with_suffix(".generate.json")
+    key = fingerprint({k: v for k, v in asdict(config).items() if k not in ("batch_size", "fused")}, [config.prompts, resolve_causal_lm(config.model)])
+    if reuse and out.is_file() and summary_path.is_file() and json.loads(summary_path.read_text()).get("fingerprint") == key:
+        print(f"reusing {out}: generated from the same settings, prompts and model", flush=True)
+        return out
+    if out.exists() and not (overwrite or reuse):
         raise UserError(f"output {out}: already exists; pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     prompts = read_prompts(config.prompts, label_names)
     rows = plan_rows(prompts, config)
     partial = out.with_name(out.name + ".partial.csv")
+    stamp = partial.with_name(partial.name + ".key")  # a partial file continues only under the same settings
+    if partial.is_file() and (not stamp.is_file() or stamp.read_text() != key):
+        print(f"discarding {partial}: made with other settings or inputs", flush=True)
+        partial.unlink()
+    stamp.write_text(key)
     done = pd.read_csv(partial, keep_default_na=False) if partial.is_file() else None
     n_done = 0 if done is None else int(done["row"].max()) + 1
     if n_done:
@@ -180,9 +194,11 @@ def generate(config: GenerateConfig, overwrite: bool = False, label_names: list[
         "new_tokens_this_run": new_tokens,
         "tokens_per_s": new_tokens / max(seconds, 1e-9),
         "rows_per_s": (len(rows) - n_done) / max(seconds, 1e-9),
+        "fingerprint": key,
     }
-    out.with_suffix(".generate.json").write_text(json.dumps(summary, indent=2))
+    summary_path.write_text(json.dumps(summary, indent=2))
     partial.unlink()
+    stamp.unlink(missing_ok=True)
     for name in summary["classes_with_no_rows"]:
         print(f"warning: class '{name}' yielded no text", flush=True)
     print(f"wrote {len(kept)} rows to {out} ({summary['tokens_per_s']:.1f} new tokens/s, {summary['rows_per_s']:.2f} rows/s)")

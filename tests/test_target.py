@@ -1,0 +1,177 @@
+"""The target-domain features: eval sets in every run, evaluate on several files, pseudo-labels
+(threshold, balance, provenance, never in dev), and the adapt/generate caches."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from textlora.cli import main
+
+from .conftest import fails, make_texts, write_config
+
+
+def test_eval_sets_reach_metrics_log_card_and_report(tmp_path, tiny_bert, data_dir, capsys):
+    target = tmp_path / "target.csv"
+    make_texts(6, seed=9, names="str").to_csv(target, index=False)  # names, while train.csv has indices: both work
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        tiny_bert,
+        data_dir / "train.csv",
+        tmp_path / "run",
+        data={"eval_sets": {"target": str(target)}},
+        train={"epochs": 2, "metric_for_best": "target.accuracy"},
+    )
+    assert main(["train", "--config", str(cfg)]) == 0
+    log = capsys.readouterr().out
+    assert "target accuracy" in log and "(n=18)" in log
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(m["history"]) == 2 and all(h["eval_sets"]["target"]["n"] == 18 for h in m["history"])
+    best = max(m["history"], key=lambda h: h["eval_sets"]["target"]["accuracy"])
+    assert m["best"]["step"] == best["step"] and m["metric_for_best"] == "target.accuracy"
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "| target |" in card and f"{m['best']['eval_sets']['target']['accuracy']:.4f}" in card
+    assert main(["report", "--model", str(tmp_path / "run")]) == 0
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "id='eval-sets'" in html and str(target) in html
+
+
+def test_eval_set_errors(tmp_path, tiny_bert, data_dir, capsys):
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"text": ["the team won", "stock fell"], "label": ["sports", "weather"]}).to_csv(bad, index=False)
+    cfg = write_config(tmp_path / "c.yaml", tiny_bert, data_dir / "train.csv", tmp_path / "run", data={"eval_sets": {"target": str(bad)}})
+    fails(capsys, ["train", "--config", str(cfg)], f"{bad}: row 3: label 'weather' is not a known class")
+    assert not (tmp_path / "run").exists()
+    cfg = write_config(tmp_path / "c2.yaml", tiny_bert, data_dir / "train.csv", tmp_path / "run", train={"metric_for_best": "target.accuracy"})
+    fails(capsys, ["train", "--config", str(cfg)], "train.metric_for_best: expected an eval set named in data.eval_sets")
+
+
+def test_evaluate_several_files(trained, tmp_path, capsys):
+    other = tmp_path / "other.csv"
+    make_texts(5, seed=11).to_csv(other, index=False)
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--model", str(trained / "run"), "--data", str(trained / "test.csv"), str(other), "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"== {other}" in printed
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m) == {str(trained / "test.csv"), str(other)} and m[str(other)]["n"] == 15
+    assert (out / "confusion_matrix.other.png").is_file() and (out / "confusion_matrix.test.json").is_file()
+    one = main(["evaluate", "--model", str(trained / "run"), "--data", str(other)])
+    assert one == 0 and "accuracy" in capsys.readouterr().out
+
+
+def test_select_threshold_cap_and_balance():
+    from textlora.pseudolabel import select
+
+    probs = np.array([[0.95, 0.05], [0.6, 0.4], [0.99, 0.01], [0.1, 0.9], [0.97, 0.03], [0.3, 0.7]])
+    assert select(probs, 0.9, None, False).tolist() == [0, 2, 3, 4]
+    assert select(probs, 0.9, 2, False).tolist() == [2, 3, 4]  # the two most confident class-0 rows
+    assert select(probs, 0.9, None, True).tolist() == [2, 3]  # class 1 has one confident row
+    assert select(probs, 0.5, None, True).tolist() == [2, 3, 4, 5]
+
+
+def test_pseudolabel_provenance_report_and_never_in_dev(trained, tmp_path, tiny_bert, capsys):
+    run, unl = trained / "run", trained / "unlabelled.csv"
+    exclude = tmp_path / "exclude.csv"
+    pd.read_csv(unl).head(3).to_csv(exclude, index=False)
+    out = tmp_path / "pl.csv"
+    assert main(["pseudolabel", "--model", str(run), "--data", str(unl), "--output", str(out), "--min-confidence", "0.0", "--exclude", str(exclude)]) == 0
+    df = pd.read_csv(out)
+    report = json.loads((tmp_path / "pl.csv.report.json").read_text())
+    assert report["texts"] == 24 and report["excluded"] == 3 and len(df) == report["rows_written"] == 21
+    assert not set(df["id"]) & set(pd.read_csv(exclude)["id"])
+    assert {"text", "label", "label_id", "confidence", "teacher", "source", "id"} <= set(df.columns)
+    assert set(df["teacher"]) == {str(run)} and set(df["label"]) <= {"sports", "business", "science"}
+    assert sum(report["per_class"].values()) == 21 and report["confidence_all"]["n"] == 21
+    # a threshold nobody reaches: every class is reported empty, not silently dropped
+    assert main(["pseudolabel", "--model", str(run), "--data", str(unl), "--output", str(tmp_path / "none.csv"), "--min-confidence", "1.0"]) == 0
+    assert "warning: class 'sports' got no pseudo-labels" in capsys.readouterr().out
+    assert json.loads((tmp_path / "none.csv.report.json").read_text())["classes_with_no_rows"] == ["sports", "business", "science"]
+    # the rows train, and never reach the dev split
+    cfg = write_config(tmp_path / "c.yaml", tiny_bert, trained / "train.csv", tmp_path / "student", data={"extra_train": [str(out)]}, train={"epochs": 1})
+    assert main(["train", "--config", str(cfg)]) == 0
+    dev = set(pd.read_csv(tmp_path / "student" / "dev.csv")["text"])
+    assert not dev & set(df["text"])
+    counts = json.loads((tmp_path / "student" / "metrics.json").read_text())["data"]
+    assert counts["extra_rows"] == 21
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("id,text\n", "no rows"), ("id,words\n1,hello\n", "missing text column 'text'")],
+)
+def test_pseudolabel_bad_input(trained, tmp_path, capsys, content, message):
+    bad = tmp_path / "u.csv"
+    bad.write_text(content)
+    fails(capsys, ["pseudolabel", "--model", str(trained / "run"), "--data", str(bad), "--output", str(tmp_path / "o.csv")], message)
+    assert not (tmp_path / "o.csv").exists()
+
+
+def _gen(tiny_gpt2, prompts, out, *extra):
+    argv = ["generate", "--model", str(tiny_gpt2), "--prompts", str(prompts), "--output", str(out), "--rows_per_class", "4", "--batch_size", "4"]
+    return main(argv + ["--length_mean", "6", "--length_max", "10", "--precision", "fp32", *extra])
+
+
+def test_generate_reuse_and_invalidation(tmp_path, tiny_gpt2, monkeypatch, capsys):
+    import yaml
+
+    import textlora.augment.generate as gen
+
+    prompts = tmp_path / "p.yaml"
+    prompts.write_text(yaml.safe_dump({"classes": {"sports": ["the team"], "business": ["the market"]}}, sort_keys=False))
+    out = tmp_path / "g.csv"
+    assert _gen(tiny_gpt2, prompts, out) == 0
+    calls = []
+    real = gen._generate_batch
+
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(gen, "_generate_batch", counted)
+    assert _gen(tiny_gpt2, prompts, out, "--reuse") == 0 and calls == []  # unchanged: reused
+    assert "reusing" in capsys.readouterr().out
+    assert _gen(tiny_gpt2, prompts, out, "--reuse", "--top_k", "5") == 0 and len(calls) == 2  # a setting changed
+    prompts.write_text(yaml.safe_dump({"classes": {"sports": ["a goal"], "business": ["the market"]}}, sort_keys=False))
+    assert _gen(tiny_gpt2, prompts, out, "--reuse", "--top_k", "5") == 0 and len(calls) == 4  # an input changed
+    assert set(pd.read_csv(out).query("label == 0")["prompt"]) == {"a goal"}
+    assert _gen(tiny_gpt2, prompts, out, "--reuse", "--top_k", "5") == 0 and len(calls) == 4
+    assert _gen(tiny_gpt2, prompts, out, "--overwrite", "--top_k", "5") == 0 and len(calls) == 6  # --overwrite redoes it
+    capsys.readouterr()
+    fails(capsys, ["generate", "--model", str(tiny_gpt2), "--prompts", str(prompts), "--output", str(out)], "already exists")
+
+
+def test_adapt_reuse_exclude_and_invalidation(tmp_path, tiny_gpt2, capsys):
+    texts = tmp_path / "t.csv"
+    df = make_texts(12, seed=4).drop(columns=["label"])
+    df.to_csv(texts, index=False)
+    held = tmp_path / "held.csv"
+    df.head(5).to_csv(held, index=False)
+    out = tmp_path / "a"
+    base = [
+        "adapt",
+        "--model",
+        str(tiny_gpt2),
+        "--texts",
+        str(texts),
+        "--output_dir",
+        str(out),
+        "--heldout",
+        "4",
+        "--max_texts",
+        "null",
+        "--precision",
+        "fp32",
+        "--lora_targets",
+        "[c_attn]",
+    ]
+    assert main(base + ["--exclude", f"[{held}]"]) == 0
+    m = json.loads((out / "adapt_metrics.json").read_text())
+    assert m["excluded_texts"] == 5 and m["train_texts"] + m["heldout_texts"] == 36 - 5
+    capsys.readouterr()
+    assert main(base + ["--exclude", f"[{held}]", "--reuse"]) == 0 and "reusing" in capsys.readouterr().out
+    assert main(base + ["--reuse"]) == 0 and "reusing" not in capsys.readouterr().out  # the exclusion changed
+    assert json.loads((out / "adapt_metrics.json").read_text())["excluded_texts"] == 0
