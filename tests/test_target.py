@@ -175,3 +175,21 @@ def test_adapt_reuse_exclude_and_invalidation(tmp_path, tiny_gpt2, capsys):
     assert main(base + ["--exclude", f"[{held}]", "--reuse"]) == 0 and "reusing" in capsys.readouterr().out
     assert main(base + ["--reuse"]) == 0 and "reusing" not in capsys.readouterr().out  # the exclusion changed
     assert json.loads((out / "adapt_metrics.json").read_text())["excluded_texts"] == 0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_metrics_match_scikit_learn(seed):
+    """Macro-F1 follows scikit-learn's rule: the mean over the classes in y_true or y_pred."""
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+    from textlora.evaluate import compute_metrics
+
+    rng = np.random.default_rng(seed)
+    y_true = rng.integers(0, 3, 40)  # class 3 never occurs in y_true
+    y_pred = np.where(rng.random(40) < 0.6, y_true, rng.integers(0, 4, 40))
+    m = compute_metrics(y_true, y_pred, ["a", "b", "c", "d"])
+    assert m["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert m["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=[0, 1, 2, 3], zero_division=0)
+    assert [m["per_class"][n]["f1"] for n in "abcd"] == pytest.approx(f.tolist())
+    assert [m["per_class"][n]["precision"] for n in "abcd"] == pytest.approx(p.tolist())

@@ -11,7 +11,12 @@ from textlora.errors import UserError
 
 
 def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str]) -> dict:
-    """Accuracy, macro-F1, per-class precision/recall/F1/support, and the confusion matrix (rows = true)."""
+    """Accuracy, macro-F1, per-class precision/recall/F1/support, and the confusion matrix (rows = true).
+
+    Macro-F1 is the unweighted mean of the per-class F1 over the classes that occur in ``y_true``
+    or ``y_pred``, as scikit-learn's ``f1_score(average="macro")`` computes it (a class that is
+    predicted but never true counts with F1 0; a class absent from both does not count).
+    """
     k = len(label_names)
     cm = np.zeros((k, k), dtype=np.int64)
     np.add.at(cm, (np.asarray(y_true), np.asarray(y_pred)), 1)
@@ -21,7 +26,7 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_names: list[st
     precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
     recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
-    present = support > 0  # macro-F1 over the classes that occur in y_true
+    present = (support > 0) | (predicted > 0)  # macro-F1 over the classes in y_true or y_pred (scikit-learn's rule)
     return {
         "accuracy": float(tp.sum() / max(cm.sum(), 1)),
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
