@@ -124,3 +124,30 @@ def fingerprint(settings: dict, inputs: list) -> str:
 
     digests = {str(p): file_digest(p) for p in inputs if p is not None and Path(p).exists()}
     return hashlib.sha256(json.dumps({"settings": settings, "inputs": digests}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def hold_lock(path: str | os.PathLike, what: str):
+    """Take an exclusive lock on ``path`` for as long as the returned file stays open.
+
+    The lock is ``flock``'s: the kernel drops it when its process ends, however it ends, so a lock
+    file left by a killed process never blocks. Another live holder is a UserError naming its pid.
+    """
+    import fcntl
+
+    from textlora.errors import UserError
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        pid = handle.read().strip() or "unknown"
+        handle.close()
+        raise UserError(f"{what} is in use by another textlora process (pid {pid}); wait for it to finish or choose another") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle

@@ -27,7 +27,7 @@ from textlora import __version__
 from textlora.config import Config, save_config
 from textlora.errors import UserError
 from textlora.evaluate import compute_metrics
-from textlora.fsutil import atomic_dir, atomic_path
+from textlora.fsutil import atomic_dir, atomic_path, hold_lock
 from textlora.predict import encode_texts, pad_batch, predict_logits, resolve_precision
 
 MEGA_BATCH = 50  # length grouping sorts within shuffled windows of this many batches
@@ -358,6 +358,11 @@ def _evaluate(model, val_encoded, val_labels, pad_id, cfg, precision, device, la
     return {"loss": loss, **{k: m[k] for k in keep}}
 
 
+def lock_path(out: Path) -> Path:
+    """The lock file of a run directory: beside it, so that taking it creates nothing inside."""
+    return out.parent / f".{out.name}.lock"
+
+
 def _check_output_dir(out: Path, resume: str, overwrite: bool) -> None:
     if resume != "none":
         return
@@ -398,6 +403,7 @@ def train(config: Config, resume: str = "none", overwrite: bool = False) -> Path
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = config.train
     out = Path(config.output_dir)
+    lock = hold_lock(lock_path(out), what=f"output_dir {out}") if dist_info.main else None  # held until this process ends
     _check_output_dir(out, resume, overwrite)
     ckpt = pick_checkpoint(out, resume)
     precision = resolve_precision(cfg.precision, device)
@@ -562,6 +568,8 @@ def train(config: Config, resume: str = "none", overwrite: bool = False) -> Path
             writer.close()
         _write_run_dir(core, tokenizer, config, splits, breakdown, fit, out, precision, total_steps)
     finish_distributed(dist_info)
+    if lock is not None:
+        lock.close()
     return out
 
 
