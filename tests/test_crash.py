@@ -85,3 +85,46 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path, tiny_bert, data_dir):
     assert saved.name != "step-00000400"
     assert main(["train", "--config", str(cfg), "--resume", "last"]) == 0
     _same_run(ref, json.loads((tmp_path / "t" / "metrics.json").read_text()))
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_newest_valid_one(tmp_path, tiny_bert, data_dir, capsys):
+    from .conftest import fails
+
+    steps = dict(STEPS, save_total_limit=5)
+    ref_cfg = write_config(tmp_path / "ref.yaml", tiny_bert, data_dir / "train.csv", tmp_path / "ref", train=steps)
+    assert main(["train", "--config", str(ref_cfg)]) == 0
+    ref = json.loads((tmp_path / "ref" / "metrics.json").read_text())
+    cfg = write_config(tmp_path / "c.yaml", tiny_bert, data_dir / "train.csv", tmp_path / "c", train=steps)
+    r = _train(cfg, fault="step:20")  # killed in step 20: checkpoints at 6, 12, 18
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    ckpts = tmp_path / "c" / "checkpoints"
+    latest = ckpts / "step-00000018" / "trainable.safetensors"
+    latest.write_bytes(latest.read_bytes()[:100])  # truncated, as a dying disk or a full one leaves it
+    capsys.readouterr()
+    assert main(["train", "--config", str(cfg), "--resume", "last"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: checkpoint step-00000018 is damaged (trainable.safetensors does not match its checksum)" in out
+    assert "resuming at step 12" in out
+    _same_run(ref, json.loads((tmp_path / "c" / "metrics.json").read_text()))
+    for ckpt in ckpts.iterdir():  # every checkpoint damaged: one line, exit 2
+        (ckpt / "optim.pt").unlink()
+    fails(capsys, ["train", "--config", str(cfg), "--resume", "last"], "every checkpoint in")
+
+
+def test_disk_full_while_writing_keeps_the_previous_checkpoint_and_output(tmp_path, tiny_bert, data_dir, trained):
+    cfg = write_config(tmp_path / "c.yaml", tiny_bert, data_dir / "train.csv", tmp_path / "c", train=STEPS)
+    r = _train(cfg, fault="enospc:2")  # the second checkpoint write (step 12) hits a full disk
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("textlora train:")]  # the rest is the progress bar
+    assert len(errors) == 1 and "no space left on device" in errors[0] and "Traceback" not in r.stderr, r.stderr
+    assert sorted(p.name for p in (tmp_path / "c" / "checkpoints").iterdir()) == ["step-00000006"]
+    assert main(["train", "--config", str(cfg), "--resume", "last"]) == 0  # and it resumes from there
+    # an output file: the old one stays as it was
+    out = tmp_path / "pred.csv"
+    out.write_text("old\n")
+    env = {**os.environ, "TEXTLORA_FAULT": "enospc:1"}
+    argv = ["predict", "--model", str(trained / "run"), "--data", str(trained / "unlabelled.csv"), "--output", str(out), "--overwrite"]
+    r = subprocess.run([sys.executable, "-m", "textlora", *argv], env=env, capture_output=True, text=True, timeout=120)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("textlora predict:")]
+    assert r.returncode == 2 and len(errors) == 1 and "no space left on device" in errors[0], r.stderr
+    assert out.read_text() == "old\n"

@@ -11,6 +11,32 @@ from pathlib import Path
 
 from textlora.errors import UserError
 
+_WRITES = {"n": 0}
+
+
+def _disk_fault() -> None:
+    """Test hook: TEXTLORA_FAULT=enospc:N makes the N-th atomic write of this process fail as a full disk would."""
+    import errno
+
+    spec = os.environ.get("TEXTLORA_FAULT", "")
+    if spec.startswith("enospc:"):
+        _WRITES["n"] += 1
+        if _WRITES["n"] == int(spec.split(":")[1]):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@contextlib.contextmanager
+def _no_space_is_one_line(final: Path) -> Iterator[None]:
+    """A full disk (ENOSPC, EDQUOT) while writing ``final`` becomes one UserError line; the previous version is untouched."""
+    import errno
+
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"{final}: no space left on device while writing it; the previous version (if any) is intact") from None
+        raise
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -38,7 +64,9 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
+        with _no_space_is_one_line(final):
+            yield tmp
+            _disk_fault()
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
@@ -59,7 +87,9 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
-        yield tmp
+        with _no_space_is_one_line(final):
+            yield tmp
+            _disk_fault()
         for p in tmp.rglob("*"):
             if p.is_file():
                 with open(p, "rb+") as f:

@@ -27,7 +27,7 @@ from textlora import __version__
 from textlora.config import Config, save_config
 from textlora.errors import UserError
 from textlora.evaluate import compute_metrics
-from textlora.fsutil import atomic_dir, atomic_path, hold_lock
+from textlora.fsutil import atomic_dir, atomic_path, file_digest, hold_lock
 from textlora.predict import encode_texts, pad_batch, predict_logits, resolve_precision
 
 MEGA_BATCH = 50  # length grouping sorts within shuffled windows of this many batches
@@ -240,7 +240,8 @@ def save_checkpoint(output_dir: Path, model, optimizer, scheduler, state: dict, 
         save_file({n: t.contiguous() for n, t in trainable_state(model).items()}, str(tmp / "trainable.safetensors"))
         _fault("checkpoint")
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()}, tmp / "optim.pt")
-        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        sums = {name: file_digest(tmp / name) for name in ("trainable.safetensors", "optim.pt")}
+        (tmp / "state.json").write_text(json.dumps({**state, "checksums": sums}, indent=1))
     best = state.get("best_checkpoint")
     for old in list_checkpoints(output_dir)[:-keep]:
         if old.name != best:
@@ -282,17 +283,47 @@ def load_trainable(model, ckpt: Path) -> None:
             params[n].copy_(t)
 
 
+def checkpoint_damage(ckpt: Path) -> str | None:
+    """What is wrong with a checkpoint's files (a missing file or a checksum mismatch), or None."""
+    try:
+        sums = json.loads((ckpt / "state.json").read_text()).get("checksums", {})
+    except (OSError, ValueError):
+        return "state.json is unreadable"
+    for name, digest in sums.items():
+        if not (ckpt / name).is_file():
+            return f"{name} is missing"
+        if file_digest(ckpt / name) != digest:
+            return f"{name} does not match its checksum"
+    return None
+
+
 def pick_checkpoint(output_dir: Path, resume: str) -> Path | None:
+    """The checkpoint to resume from: ``last`` is the newest undamaged one (a damaged newer one is
+    skipped with a warning); ``best`` must be undamaged."""
     if resume == "none":
         return None
     ckpts = list_checkpoints(output_dir)
     if not ckpts:
         raise UserError(f"--resume {resume}: no complete checkpoint in {output_dir / 'checkpoints'}")
     if resume == "last":
-        return ckpts[-1]
-    best = json.loads((ckpts[-1] / "state.json").read_text()).get("best_checkpoint")
+        for ckpt in reversed(ckpts):
+            damage = checkpoint_damage(ckpt)
+            if damage is None:
+                return ckpt
+            print(f"warning: checkpoint {ckpt.name} is damaged ({damage}); trying an older one", flush=True)
+        raise UserError(f"--resume last: every checkpoint in {output_dir / 'checkpoints'} is damaged; start again with --overwrite")
+    best = None
+    for ckpt in reversed(ckpts):  # the newest readable state names the best checkpoint
+        try:
+            best = json.loads((ckpt / "state.json").read_text()).get("best_checkpoint")
+            break
+        except (OSError, ValueError):
+            continue
     if best is None or not (output_dir / "checkpoints" / best).is_dir():
         raise UserError(f"--resume best: the best checkpoint recorded in {ckpts[-1]} is missing")
+    damage = checkpoint_damage(output_dir / "checkpoints" / best)
+    if damage:
+        raise UserError(f"--resume best: checkpoint {best} is damaged ({damage}); use --resume last")
     return output_dir / "checkpoints" / best
 
 
@@ -489,80 +520,101 @@ def train(config: Config, resume: str = "none", overwrite: bool = False) -> Path
     model.train()
     progress = _progress(total_steps, fit.global_step, dist_info.main)
     stop = fit.global_step >= total_steps
-    with _Signals() as signals:
-        t0 = time.perf_counter()
-        window_t = time.perf_counter()
-        while not stop:
-            epoch, step_in_epoch = divmod(fit.global_step, steps_per_epoch)
-            batches = epoch_batches(lengths, cfg.batch_size, config.seed, epoch)[dist_info.rank :: dist_info.world][:per_rank]
-            for step in range(step_in_epoch, steps_per_epoch):
-                micro = batches[step * cfg.grad_accum : (step + 1) * cfg.grad_accum]
-                for j, idx in enumerate(micro):
-                    ids, mask = pad_batch([train_enc[i] for i in idx], pad_id)
-                    y = labels_t[idx].to(device)
-                    sync = j == len(micro) - 1 or dist_info.world == 1
-                    ctx = model.no_sync() if not sync else _null()
-                    with ctx:
-                        from textlora.predict import autocast
+    try:
+        with _Signals() as signals:
+            t0 = time.perf_counter()
+            window_t = time.perf_counter()
+            while not stop:
+                epoch, step_in_epoch = divmod(fit.global_step, steps_per_epoch)
+                batches = epoch_batches(lengths, cfg.batch_size, config.seed, epoch)[dist_info.rank :: dist_info.world][:per_rank]
+                for step in range(step_in_epoch, steps_per_epoch):
+                    micro = batches[step * cfg.grad_accum : (step + 1) * cfg.grad_accum]
+                    for j, idx in enumerate(micro):
+                        ids, mask = pad_batch([train_enc[i] for i in idx], pad_id)
+                        y = labels_t[idx].to(device)
+                        sync = j == len(micro) - 1 or dist_info.world == 1
+                        ctx = model.no_sync() if not sync else _null()
+                        with ctx:
+                            from textlora.predict import autocast
 
-                        with autocast(precision, device):
-                            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-                        loss = loss_fn(logits.float(), y) / len(micro)
-                        (scaler.scale(loss) if scaler else loss).backward()
-                    fit.window_loss += loss.item() * len(micro) * len(idx)
-                    fit.window_rows += len(idx)
-                _fault("step")
-                if scaler:
-                    scaler.unscale_(optimizer)
-                if cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.max_grad_norm)
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                fit.global_step += 1
-                progress.update(1)
-                if fit.global_step % cfg.logging_steps == 0 and dist_info.main:
-                    rate = fit.window_rows * dist_info.world / max(time.perf_counter() - window_t, 1e-9)
-                    entry = {
-                        "step": fit.global_step,
-                        "epoch": round(fit.global_step / steps_per_epoch, 4),
-                        "loss": fit.window_loss / max(fit.window_rows, 1),
-                        "lr": scheduler.get_last_lr()[0],
-                        "rows_per_s": rate,
-                    }
-                    fit.train_log.append(entry)
-                    _log_scalars(writer, "train", entry)
-                    progress.set_postfix(loss=f"{entry['loss']:.4f}", rows_s=f"{rate:.0f}")
-                    fit.window_loss, fit.window_rows, window_t = 0.0, 0, time.perf_counter()
-                end_of_epoch = step == steps_per_epoch - 1
-                last = fit.global_step >= total_steps
-                due = (cfg.eval_strategy == "steps" and fit.global_step % cfg.eval_steps == 0) or (cfg.eval_strategy == "epoch" and end_of_epoch) or last
-                if due:
-                    fit.train_seconds += time.perf_counter() - t0
-                    stop = _eval_and_checkpoint(
-                        core, fit, out, optimizer, scheduler, config, dist_info, writer, val_enc, sets_enc, splits, pad_id, precision, device, steps_per_epoch
-                    )
-                    t0 = time.perf_counter()
-                    window_t = time.perf_counter()
-                if last or stop:
-                    stop = True
-                    break
-                if dist_info.any_flag(bool(signals.received)):
-                    saved = (
-                        save_checkpoint(
-                            out, core, optimizer, scheduler, {**fit.__dict__, "config": config.to_dict(), "textlora_version": __version__}, cfg.save_total_limit
+                            with autocast(precision, device):
+                                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+                            loss = loss_fn(logits.float(), y) / len(micro)
+                            (scaler.scale(loss) if scaler else loss).backward()
+                        fit.window_loss += loss.item() * len(micro) * len(idx)
+                        fit.window_rows += len(idx)
+                    _fault("step")
+                    if scaler:
+                        scaler.unscale_(optimizer)
+                    if cfg.max_grad_norm > 0:
+                        torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.max_grad_norm)
+                    if scaler:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    fit.global_step += 1
+                    progress.update(1)
+                    if fit.global_step % cfg.logging_steps == 0 and dist_info.main:
+                        rate = fit.window_rows * dist_info.world / max(time.perf_counter() - window_t, 1e-9)
+                        entry = {
+                            "step": fit.global_step,
+                            "epoch": round(fit.global_step / steps_per_epoch, 4),
+                            "loss": fit.window_loss / max(fit.window_rows, 1),
+                            "lr": scheduler.get_last_lr()[0],
+                            "rows_per_s": rate,
+                        }
+                        fit.train_log.append(entry)
+                        _log_scalars(writer, "train", entry)
+                        progress.set_postfix(loss=f"{entry['loss']:.4f}", rows_s=f"{rate:.0f}")
+                        fit.window_loss, fit.window_rows, window_t = 0.0, 0, time.perf_counter()
+                    end_of_epoch = step == steps_per_epoch - 1
+                    last = fit.global_step >= total_steps
+                    due = (cfg.eval_strategy == "steps" and fit.global_step % cfg.eval_steps == 0) or (cfg.eval_strategy == "epoch" and end_of_epoch) or last
+                    if due:
+                        fit.train_seconds += time.perf_counter() - t0
+                        stop = _eval_and_checkpoint(
+                            core,
+                            fit,
+                            out,
+                            optimizer,
+                            scheduler,
+                            config,
+                            dist_info,
+                            writer,
+                            val_enc,
+                            sets_enc,
+                            splits,
+                            pad_id,
+                            precision,
+                            device,
+                            steps_per_epoch,
                         )
-                        if dist_info.main
-                        else out
-                    )
-                    progress.close()
-                    dist_info.barrier()
-                    raise TrainingInterrupted(signals.received or signal.SIGTERM, fit.global_step, saved)
-    progress.close()
+                        t0 = time.perf_counter()
+                        window_t = time.perf_counter()
+                    if last or stop:
+                        stop = True
+                        break
+                    if dist_info.any_flag(bool(signals.received)):
+                        saved = (
+                            save_checkpoint(
+                                out,
+                                core,
+                                optimizer,
+                                scheduler,
+                                {**fit.__dict__, "config": config.to_dict(), "textlora_version": __version__},
+                                cfg.save_total_limit,
+                            )
+                            if dist_info.main
+                            else out
+                        )
+                        progress.close()
+                        dist_info.barrier()
+                        raise TrainingInterrupted(signals.received or signal.SIGTERM, fit.global_step, saved)
+    finally:  # an error message starts on a line of its own, not after the progress bar
+        progress.close()
     if dist_info.main:
         if writer:
             writer.close()
