@@ -113,11 +113,11 @@ def summarize(run: Path) -> dict:
     }
 
 
-def teacher(seed: int) -> Path:
-    """The real-rows-only run of this seed (trained by the `base` experiment if missing)."""
-    run = WORK / f"base-s{seed}"
+def teacher(seed: int, name: str = "base") -> Path:
+    """The run of experiment ``name`` for this seed (trained first if missing)."""
+    run = WORK / f"{name}-s{seed}"
     if not (run / "textlora.json").is_file():
-        run_experiment("base", seed)
+        run_experiment(name, seed)
     return run
 
 
@@ -132,6 +132,11 @@ EXPERIMENTS = {
     "synth-relabel": lambda seed, st: train("synth-relabel", seed, [filtered(st, 1000, classifier=teacher(seed), relabel=True)], st),
     "synth-2000": lambda seed, st: train("synth-2000", seed, [filtered(st, 2000)], st),
     "synth+pseudo": lambda seed, st: train("synth+pseudo", seed, [filtered(st, 1000), pseudo(st, teacher(seed))], st),
+    # one self-training round on top of the synthetic rows: the synth run labels the target texts
+    "synth-keep+selftrain": lambda seed, st: train(
+        "synth-keep+selftrain", seed, [filtered(st, 1000, keep_prompt=True), pseudo(st, teacher(seed, "synth-keep"))], st
+    ),
+    "synth+selftrain": lambda seed, st: train("synth+selftrain", seed, [filtered(st, 1000), pseudo(st, teacher(seed, "synth"))], st),
 }
 
 

@@ -232,3 +232,13 @@ def test_real_smollm2_package_converts_and_generates(tmp_path, prompts, monkeypa
     assert main(argv) == 0
     df = pd.read_csv(out, keep_default_na=False)
     assert len(df) >= 4 and df["text"].str.len().mean() > 10
+
+
+def test_generate_keep_prompt_puts_the_prompt_in_front_of_the_same_rows(tmp_path, tiny_gpt2, prompts):
+    plain, kept = tmp_path / "plain.csv", tmp_path / "kept.csv"
+    assert _generate(tiny_gpt2, prompts, plain) == 0
+    assert _generate(tiny_gpt2, prompts, kept, "--keep_prompt", "true") == 0
+    both = pd.read_csv(plain, keep_default_na=False).merge(pd.read_csv(kept, keep_default_na=False), on="row", suffixes=("", "_kept"))
+    assert len(both) >= 10
+    for p, t, k in zip(both["prompt"], both["text"], both["text_kept"]):
+        assert k.startswith(p) and k.endswith(t)  # the same sampled continuation, its prompt in front

@@ -132,7 +132,7 @@ def generate(config: GenerateConfig, overwrite: bool = False, label_names: list[
     if out.suffix.lower() not in (".csv", ".parquet"):
         raise UserError(f"output {out}: expected a .csv or .parquet file")
     summary_path = out.with_suffix(".generate.json")
-    key = fingerprint({k: v for k, v in asdict(config).items() if k not in ("batch_size", "fused")}, [config.prompts, resolve_causal_lm(config.model)])
+    key = fingerprint(asdict(config), [config.prompts, resolve_causal_lm(config.model)])  # batch_size too: batch k seeds its rows
     if reuse and out.is_file() and summary_path.is_file() and json.loads(summary_path.read_text()).get("fingerprint") == key:
         print(f"reusing {out}: generated from the same settings, prompts and model", flush=True)
         return out
