@@ -118,8 +118,8 @@ def adapt(config: AdaptConfig, overwrite: bool = False, reuse: bool = False) -> 
     model.to(device)
     if config.method == "lora" and precision == "bf16":
         # the frozen base in bf16 (peft keeps the adapter weights in fp32): no per-step casts of
-        # 135M weights under autocast; 1.6x faster a step on 2 cores. Full fine-tuning keeps fp32
-        # weights and autocast, since bf16 weights lose small updates.
+        # 135M weights under autocast (2.8 s a step of 16 texts instead of 3.25 on 2 AMX cores).
+        # Full fine-tuning keeps fp32 weights and autocast, since bf16 weights lose small updates.
         model.to(torch.bfloat16)
         precision = "fp32"  # autocast off: the weights are bf16 already
     before = perplexity(model, tok, held, config.max_length, precision, device=device)
