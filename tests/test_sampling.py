@@ -119,3 +119,18 @@ def test_top_k_restricts_and_penalty_lowers_repeats():
     plain = sample(model, prompts, lengths, SamplingSettings(repetition_penalty=1.0), generator=torch.Generator().manual_seed(0), **kw)
     penal = sample(model, prompts, lengths, SamplingSettings(repetition_penalty=3.0), generator=torch.Generator().manual_seed(0), **kw)
     assert repeats(penal) < 0.7 * repeats(plain)
+
+
+def test_transformers_stepper_decodes_with_its_cache():
+    """The loop over transformers' forward (any non-Llama model) feeds only the new token: the cache must carry the rest."""
+    from textlora.augment.sampling import HFStepper
+
+    model = _tiny_gpt2()
+    ids, mask = torch.tensor([[0, 0, 5, 6], [7, 8, 9, 10]]), torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    step = HFStepper(model)
+    with torch.inference_mode():
+        assert torch.allclose(step(ids, mask, pos), model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1], atol=1e-5)
+        nxt, mask2 = torch.tensor([[11], [12]]), torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
+        want = model(input_ids=torch.cat([ids, nxt], 1), attention_mask=mask2, position_ids=(mask2.cumsum(1) - 1).clamp(min=0)).logits[:, -1]
+        assert torch.allclose(step(nxt, mask2, pos[:, -1:] + 1), want, atol=1e-5)
