@@ -154,6 +154,16 @@ def read_texts(
     return TextFrame(source, texts, labels, ids, [_row_of(source, i) for i in range(len(df))])
 
 
+def same_text(text: str) -> str:
+    """A text with its white space folded: the key under which two files hold "the same text"."""
+    return " ".join(text.split())
+
+
+def texts_in(files: list[str], text_column: str = "text") -> set[str]:
+    """The texts of ``files`` (as :func:`same_text` keys), e.g. eval sets that must never be trained on."""
+    return {same_text(t) for f in files for t in read_texts(f, text_column, None, require_labels=False).texts}
+
+
 def label_names_for(labels: list, given: list[str] | None, source: str) -> list[str]:
     """The ordered label names: given ones, else 0..max for int labels, else sorted strings."""
     if given:

@@ -164,8 +164,6 @@ def hold_lock(path: str | os.PathLike, what: str):
     """
     import fcntl
 
-    from textlora.errors import UserError
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(path, "a+")

@@ -33,7 +33,7 @@ def select(probs: np.ndarray, min_confidence: float, max_per_class: int | None, 
     if balance:
         quota = min(len(idx) for idx in per_class)
         per_class = [idx[:quota] for idx in per_class]
-    return np.sort(np.concatenate(per_class)) if per_class else np.array([], dtype=np.int64)
+    return np.sort(np.concatenate(per_class))
 
 
 def _spread(values: np.ndarray) -> dict:
@@ -57,7 +57,7 @@ def pseudolabel(
 ) -> Path:
     """Label the texts of ``data`` with a trained run and write the confident ones as training rows.
 
-    Writes ``output`` (text, label, label_name, confidence, teacher, source, id) and a report
+    Writes ``output`` (text, label: the class name, label_id, confidence, teacher, source, id) and a report
     ``OUTPUT.report.json`` (rows per class, the confidence spread, classes left with no rows).
     Use the output as ``data.extra_train``: it then trains, and never enters the dev split.
 
@@ -75,7 +75,7 @@ def pseudolabel(
     """
     import pandas as pd
 
-    from textlora.data import read_texts
+    from textlora.data import read_texts, same_text, texts_in
     from textlora.fsutil import atomic_path, check_output_path
     from textlora.models import check_run_dir
     from textlora.predict import load
@@ -87,10 +87,8 @@ def pseudolabel(
     out = check_output_path(output, inputs=[data, *(exclude or [])], overwrite=overwrite, flag="--output")
     check_run_dir(model)
     frame = read_texts(data, text_column, None, require_labels=False)
-    banned = set()
-    for f in exclude or []:
-        banned |= {" ".join(t.split()) for t in read_texts(f, text_column, None, require_labels=False).texts}
-    keep_rows = [i for i, t in enumerate(frame.texts) if " ".join(t.split()) not in banned]
+    banned = texts_in(exclude or [], text_column)
+    keep_rows = [i for i, t in enumerate(frame.texts) if same_text(t) not in banned]
     if not keep_rows:
         raise UserError(f"{data}: every text is in an --exclude file; nothing to label")
     texts = [frame.texts[i] for i in keep_rows]

@@ -90,7 +90,7 @@ def adapt(config: AdaptConfig, overwrite: bool = False, reuse: bool = False) -> 
     import torch
 
     from textlora.augment.lm import load_causal_lm, resolve_causal_lm
-    from textlora.data import read_texts
+    from textlora.data import read_texts, same_text, texts_in
     from textlora.fsutil import atomic_dir, fingerprint
     from textlora.predict import autocast, default_device, resolve_precision
 
@@ -102,8 +102,8 @@ def adapt(config: AdaptConfig, overwrite: bool = False, reuse: bool = False) -> 
     if out.exists() and not (overwrite or reuse):
         raise UserError(f"output_dir {out}: already exists; pass --overwrite to replace it")
     frame = read_texts(config.texts, config.text_column, None, require_labels=False)
-    banned = {" ".join(t.split()) for f in config.exclude for t in read_texts(f, config.text_column, None, require_labels=False).texts}
-    texts = [t for t in frame.texts if " ".join(t.split()) not in banned]
+    banned = texts_in(config.exclude, config.text_column)
+    texts = [t for t in frame.texts if same_text(t) not in banned]
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(len(texts))
     if len(order) < config.heldout + 1:
