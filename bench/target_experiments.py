@@ -43,28 +43,51 @@ def adapt(stages: dict) -> Path:
     return out
 
 
-def generate(stages: dict, rows_per_class: int) -> Path:
+# Rows as long as the target texts (mean ~50 words, ~65 SmolLM2 tokens): EOS is never sampled, so
+# each row runs to its drawn length (the default rows stop at EOS, at ~22 words on average).
+LONG = {"stop_at_eos": "false", "length_mean": "64", "length_std": "24"}
+
+
+def generate(stages: dict, rows_per_class: int, settings: dict | None = None) -> Path:
     lm = adapt(stages)
-    out = SYN / f"smollm2-{rows_per_class}.csv"
+    settings = settings or {}
+    out = SYN / f"smollm2-{rows_per_class}{'-long' if settings == LONG else ''}.csv"
+    extra = [a for k, v in settings.items() for a in (f"--{k}", v)]
     stages["generate_s"] = sh(
-        "generate", "--config", "configs/agnews-generate.yaml", "--model", str(lm), "--output", str(out), "--rows_per_class", str(rows_per_class), "--reuse"
+        "generate",
+        "--config",
+        "configs/agnews-generate.yaml",
+        "--model",
+        str(lm),
+        "--output",
+        str(out),
+        "--rows_per_class",
+        str(rows_per_class),
+        "--reuse",
+        *extra,
     )
     return out
 
 
 def filtered(
-    stages: dict, rows_per_class: int, classifier: Path | None = None, keep_prompt: bool = False, relabel: bool = False, min_conf: float = 0.7
+    stages: dict,
+    rows_per_class: int,
+    classifier: Path | None = None,
+    keep_prompt: bool = False,
+    relabel: bool = False,
+    min_conf: float = 0.7,
+    settings: dict | None = None,
 ) -> Path:
     import pandas as pd
 
-    src = generate(stages, rows_per_class)
+    src = generate(stages, rows_per_class, settings)
     if keep_prompt:  # the same sampled continuations with their prompt in front (generation is seeded per batch)
         df = pd.read_csv(src, keep_default_na=False)
         df["text"] = [" ".join((p + t).split()) if t[:1] in (",", ".", "'", ";", ":") else f"{p} {t}" for p, t in zip(df["prompt"], df["text"])]
         src = src.with_name(src.stem + "-keep.csv")
         df.to_csv(src, index=False)
     tag = ("-keep" if keep_prompt else "") + (f"-{'relabel' if relabel else 'agree'}{min_conf:g}" if classifier else "")
-    out = SYN / f"smollm2-{rows_per_class}{tag}.filtered.csv"
+    out = SYN / f"{src.stem.removesuffix('-keep')}{tag}.filtered.csv"
     extra = ["--classifier", str(classifier), "--relabel", str(relabel).lower(), "--min_confidence", str(min_conf)] if classifier else []
     stages["filter_s"] = sh("filter", "--config", "configs/agnews-filter.yaml", "--input", str(src), "--output", str(out), "--overwrite", *extra)
     return out
@@ -130,7 +153,10 @@ EXPERIMENTS = {
     "synth-keep": lambda seed, st: train("synth-keep", seed, [filtered(st, 1000, keep_prompt=True)], st),
     "synth-agree": lambda seed, st: train("synth-agree", seed, [filtered(st, 1000, classifier=teacher(seed))], st),
     "synth-relabel": lambda seed, st: train("synth-relabel", seed, [filtered(st, 1000, classifier=teacher(seed), relabel=True)], st),
+    "synth-long": lambda seed, st: train("synth-long", seed, [filtered(st, 1000, settings=LONG)], st),
     "synth-2000": lambda seed, st: train("synth-2000", seed, [filtered(st, 2000)], st),
+    # our rows and the original project's 12,000 GPT-2 rows together
+    "synth+seed-synthetic": lambda seed, st: train("synth+seed-synthetic", seed, [filtered(st, 1000), DATA / "seed_synthetic.csv"], st),
     "synth+pseudo": lambda seed, st: train("synth+pseudo", seed, [filtered(st, 1000), pseudo(st, teacher(seed))], st),
     # one self-training round on top of the synthetic rows: the synth run labels the target texts
     "synth-keep+selftrain": lambda seed, st: train(

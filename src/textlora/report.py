@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def model_card(config, splits, breakdown, metrics: dict) -> str:
-    """A short model card: base model, data, parameters, metrics, and how to load the adapter."""
+    """A short model card: Hub front matter, base model, data, parameters, metrics, and how to load the run."""
+    from textlora.models import base_model_id, is_local_base
+
     best = metrics.get("best") or {}
-    lines = [
-        "# textlora run",
-        "",
-        f"LoRA text classifier on `{config.model.name}`, trained by textlora.",
-        "",
+    base = base_model_id(config.model.name)
+    local = is_local_base(config.model.name)
+    lines = [*_front_matter(config, base, local, best), "# textlora run", "", f"LoRA text classifier on `{base}`, trained by textlora.", ""]
+    if local:
+        lines += [
+            f"**Warning:** the base model is the local folder `{base}`, not a Hub id: this run loads only where that folder exists.",
+            "",
+        ]
+    lines += [
         "## Data",
         f"- training file: `{config.data.train}`"
         + (f", extra training files: {', '.join(f'`{e}`' for e in config.data.extra_train)}" if config.data.extra_train else ""),
@@ -52,17 +60,63 @@ def model_card(config, splits, breakdown, metrics: dict) -> str:
         "textlora serve --model THIS_DIR           # http://127.0.0.1:8000/",
         "```",
         "The full report, once written: [report.html](report.html).",
-        "With peft directly (the classifier head is saved with the adapter):",
-        "```python",
-        "from peft import PeftModel",
-        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
-        f"base = AutoModelForSequenceClassification.from_pretrained(BASE, num_labels={len(splits.label_names)})  # BASE: {config.model.name}",
-        "model = PeftModel.from_pretrained(base, THIS_DIR).merge_and_unload()",
-        "tokenizer = AutoTokenizer.from_pretrained(THIS_DIR)",
-        "```",
         "",
+        *_plain_hf_use(config, base),
     ]
     return "\n".join(lines)
+
+
+def _front_matter(config, base: str, local: bool, best: dict) -> list[str]:
+    """The YAML header the Hub renders (as peft writes it: library_name, base_model, pipeline_tag), with the dev metrics."""
+    import yaml
+
+    meta = {"library_name": "peft", "pipeline_tag": "text-classification", "tags": ["textlora", config.lora.method, "text-classification"]}
+    if not local:  # the Hub accepts only repository ids here
+        meta["base_model"] = base
+        meta["tags"].append(f"base_model:adapter:{base}")
+    if best:
+        meta["metrics"] = ["accuracy", "f1"]
+        meta["model-index"] = [
+            {
+                "name": Path(config.output_dir).name,
+                "results": [
+                    {
+                        "task": {"type": "text-classification"},
+                        "dataset": {"name": f"dev split of {Path(config.data.train).name}", "type": "custom"},
+                        "metrics": [
+                            {"type": "accuracy", "value": round(best["accuracy"], 4)},
+                            {"type": "f1", "name": "macro-F1", "value": round(best["macro_f1"], 4)},
+                        ],
+                    }
+                ],
+            }
+        ]
+    return ["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", ""]
+
+
+def _plain_hf_use(config, base: str) -> list[str]:
+    """How to load the run without textlora: peft for the standard head, ONNX for the others."""
+    if config.model.head != "standard" or config.lora.method == "vera":
+        what = f"its `{config.model.head}` head" if config.model.head != "standard" else "VeRA"
+        return [
+            f"Without textlora: plain peft cannot rebuild {what}. Export it to ONNX, which onnxruntime runs on its own:",
+            "```bash",
+            "textlora export --model THIS_DIR --format onnx --output model-onnx   # model.onnx + tokenizer + labels.json",
+            "```",
+        ]
+    return [
+        f"Without textlora, with peft (base `{base}`; peft needs the label count, which the run keeps in `labels.json`):",
+        "```python",
+        "import json",
+        "from peft import AutoPeftModelForSequenceClassification",
+        "from transformers import AutoTokenizer",
+        'labels = json.load(open("THIS_DIR/labels.json"))',
+        'model = AutoPeftModelForSequenceClassification.from_pretrained("THIS_DIR", id2label=dict(enumerate(labels))).merge_and_unload()',
+        'tokenizer = AutoTokenizer.from_pretrained("THIS_DIR")',
+        "```",
+        "Or `textlora export --model THIS_DIR --format hf --output DIR` for a merged folder that "
+        '`transformers.pipeline("text-classification", model=DIR)` loads as it is.',
+    ]
 
 
 # --- the HTML report ----------------------------------------------------------------------

@@ -34,6 +34,7 @@ class GenerateConfig:
     length_min: int = 1
     length_max: int = 128
     keep_prompt: bool = False  # the row's text starts with its prompt (else only the new tokens)
+    stop_at_eos: bool = True  # False: EOS is never sampled, so every row runs to its drawn length
     seed: int = 42
     precision: str = "auto"  # auto (bf16 weights where the hardware has bf16) | bf16 | fp32
     fused: bool = True  # Llama-family models (SmolLM2) run a fused forward; False: transformers' forward
@@ -101,6 +102,7 @@ def _generate_batch(model, tok, batch: list[dict], cfg: GenerateConfig, batch_in
         generator=generator,
         device=device,
         fused=cfg.fused,
+        stop_at_eos=cfg.stop_at_eos,
     )
     texts = []
     for r, ids in zip(batch, new):

@@ -176,7 +176,17 @@ def _rope(x, cos, sin):
 
 
 def sample(
-    model, prompts: list[list[int]], max_new_tokens: list[int], s: SamplingSettings, *, pad_id: int, eos_id: int | None, generator, device, fused: bool = True
+    model,
+    prompts: list[list[int]],
+    max_new_tokens: list[int],
+    s: SamplingSettings,
+    *,
+    pad_id: int,
+    eos_id: int | None,
+    generator,
+    device,
+    fused: bool = True,
+    stop_at_eos: bool = True,
 ) -> list[list[int]]:
     """New token ids for each prompt (prompt not included), row i stopping after ``max_new_tokens[i]`` or EOS.
 
@@ -190,6 +200,7 @@ def sample(
         generator: a seeded ``torch.Generator`` on ``device``'s type.
         device: where the model runs.
         fused: use :class:`LlamaStepper` where the model supports it (else transformers' forward).
+        stop_at_eos: False: ``eos_id`` is never sampled, so every row runs to its ``max_new_tokens``.
     """
     import torch
 
@@ -214,9 +225,12 @@ def sample(
         step_fn = HFStepper(model)
     step = 0
     alive = torch.ones(n, dtype=torch.bool, device=device)  # finished rows stay in the batch until compaction
+    ban_eos = eos_id is not None and not stop_at_eos
     with torch.inference_mode():
         logits = step_fn(ids, mask, positions)
         while True:
+            if ban_eos:
+                logits[:, eos_id] = float("-inf")
             cand, probs = candidates(logits, seen, s)
             token = cand.gather(1, torch.multinomial(probs, 1, generator=generator))  # (B, 1)
             step += 1
