@@ -179,7 +179,7 @@ def _label_names(config) -> list[str]:
 
     if config.data.label_names:
         return config.data.label_names
-    frame = read_texts(config.data.train, config.data.text_column, config.data.label_column)
+    frame = read_texts(config.data.train, config.data.text_column, config.data.label_column, pair_column=config.data.text_pair_column)
     return label_names_for(frame.labels, None, config.data.train)
 
 

@@ -43,6 +43,7 @@ def _evaluate(args, extra: list[str]) -> int:
         label_column=args.label_column,
         batch_size=args.batch_size,
         overwrite=args.overwrite,
+        pair_column=args.pair_column,
     )
     if len(args.data) == 1:
         print(format_metrics(metrics))
@@ -63,6 +64,8 @@ def _predict(args, extra: list[str]) -> int:
         output=args.output,
         text=args.text,
         text_column=args.text_column,
+        text_pair=args.text_pair,
+        pair_column=args.pair_column,
         with_names=args.with_names,
         with_probs=args.with_probs,
         batch_size=args.batch_size,
@@ -175,6 +178,7 @@ VERBS = {
             (("--data",), dict(required=True, nargs="+", help="labelled file(s)")),
             (("--output-dir",), dict(help="write metrics and the confusion matrix (JSON, PNG) here")),
             (("--text-column",), dict()),
+            (("--pair-column",), dict(help="second text column of a sentence-pair run (default: the run's)")),
             (("--label-column",), dict()),
             (("--batch-size",), dict(type=int, default=32)),
             (("--overwrite",), dict(action="store_true")),
@@ -189,6 +193,8 @@ VERBS = {
             (("--output",), dict(help="CSV to write (ID,Label)")),
             (("--text",), dict(help="classify one text and print label and probabilities")),
             (("--text-column",), dict(default="text")),
+            (("--text-pair",), dict(help="the second text of --text, for a sentence-pair run")),
+            (("--pair-column",), dict(help="second text column of a sentence-pair run (default: the run's)")),
             (("--with-names",), dict(action="store_true", help="add a LabelName column")),
             (("--with-probs",), dict(action="store_true", help="add a P(name) column per class")),
             (("--batch-size",), dict(type=int, default=32)),

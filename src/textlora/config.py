@@ -70,6 +70,7 @@ class BudgetConfig:
 class DataConfig:
     train: str = "../shared/data/agnews/train.csv"  # CSV, TSV, JSONL, Parquet, or "hf:NAME[:SPLIT]"
     text_column: str = "text"
+    text_pair_column: str | None = None  # a second text column: each row is tokenized as the pair (text, pair)
     label_column: str = "label"
     label_names: list[str] | None = None  # names for integer labels 0..K-1; default: the labels themselves
     extra_train: list[str] = field(default_factory=list)  # extra rows (e.g. synthetic): training split only

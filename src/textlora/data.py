@@ -23,7 +23,7 @@ class TextFrame:
     """Texts (and labels, when the file has them) read from one source."""
 
     source: str
-    texts: list[str]
+    texts: list  # str each, or (text, pair text) tuples when read with a pair column
     labels: list | None  # raw label values as read: all int or all str
     ids: list | None  # the `id` column, if present
     rows: list[int]  # the row number of each entry in the source file (1-based, header = row 1)
@@ -118,14 +118,24 @@ def _parse_label(value, source: str, row: int, column: str):
     return text
 
 
+def _text(value, source: str, i: int, column: str) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)) or not str(value).strip():
+        raise UserError(f"{source}: row {_row_of(source, i)}: empty text in column '{column}'")
+    return str(value)[:MAX_CHARS]
+
+
 def read_texts(
     source: str,
     text_column: str = "text",
     label_column: str | None = "label",
     *,
     require_labels: bool = True,
+    pair_column: str | None = None,
 ) -> TextFrame:
-    """Read a file of texts (and labels). Labels are read if the column exists, required if asked."""
+    """Read a file of texts (and labels). Labels are read if the column exists, required if asked.
+
+    With ``pair_column``, each input is the pair (text, pair text), as a tuple.
+    """
     df = _read_table(source)
     if len(df) == 0:
         raise UserError(f"{source}: no rows (only a header, or empty)")
@@ -134,11 +144,11 @@ def read_texts(
     has_labels = label_column is not None and label_column in df.columns
     if require_labels and not has_labels:
         raise UserError(f"{source}: missing label column '{label_column}' (found: {', '.join(df.columns)})")
-    texts = []
-    for i, t in enumerate(df[text_column].tolist()):
-        if t is None or (isinstance(t, float) and np.isnan(t)) or not str(t).strip():
-            raise UserError(f"{source}: row {_row_of(source, i)}: empty text in column '{text_column}'")
-        texts.append(str(t)[:MAX_CHARS])
+    if pair_column is not None and pair_column not in df.columns:
+        raise UserError(f"{source}: missing pair column '{pair_column}' (data.text_pair_column; found: {', '.join(df.columns)})")
+    texts = [_text(t, source, i, text_column) for i, t in enumerate(df[text_column].tolist())]
+    if pair_column is not None:  # each input is (text, pair): tokenized as a pair
+        texts = [(t, _text(p, source, i, pair_column)) for i, (t, p) in enumerate(zip(texts, df[pair_column].tolist()))]
     labels = None
     if has_labels:
         labels = [_parse_label(v, source, _row_of(source, i), label_column) for i, v in enumerate(df[label_column].tolist())]
@@ -217,7 +227,7 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int, source:
 
 def word_filter(texts: list[str], min_words: int, max_words: int | None) -> np.ndarray:
     """Boolean mask of texts whose word count lies within [min_words, max_words]."""
-    counts = np.array([len(t.split()) for t in texts])
+    counts = np.array([len(t.split()) if isinstance(t, str) else sum(len(x.split()) for x in t) for t in texts])
     keep = counts >= min_words
     if max_words is not None:
         keep &= counts <= max_words
@@ -237,11 +247,12 @@ class Splits:
 
 def load_splits(data_cfg, seed: int) -> Splits:
     """Read the training file, split off a stratified dev set, then add extra rows to train only."""
-    main = read_texts(data_cfg.train, data_cfg.text_column, data_cfg.label_column)
+    pair = data_cfg.text_pair_column
+    main = read_texts(data_cfg.train, data_cfg.text_column, data_cfg.label_column, pair_column=pair)
     names = label_names_for(main.labels, data_cfg.label_names, data_cfg.train)
     y = encode_labels(main, names)
     if data_cfg.dev:  # an explicit dev file: every row of `train` trains
-        dev = read_texts(data_cfg.dev, data_cfg.text_column, data_cfg.label_column)
+        dev = read_texts(data_cfg.dev, data_cfg.text_column, data_cfg.label_column, pair_column=pair)
         val_texts, val_labels = dev.texts, encode_labels(dev, names)
         tr = np.arange(len(y))
     else:
@@ -251,7 +262,7 @@ def load_splits(data_cfg, seed: int) -> Splits:
     train_labels = [y[tr]]
     extra_rows = 0
     for source in data_cfg.extra_train:
-        extra = read_texts(source, data_cfg.text_column, data_cfg.label_column)
+        extra = read_texts(source, data_cfg.text_column, data_cfg.label_column, pair_column=pair)
         # names always match by name; integers are class indices only where the classes are numbered
         if isinstance(extra.labels[0], int) and not isinstance(main.labels[0], int) and not data_cfg.label_names:
             raise UserError(f"{source}: labels are {type(extra.labels[0]).__name__}s but {data_cfg.train} has {type(main.labels[0]).__name__}s")
@@ -273,7 +284,16 @@ def load_splits(data_cfg, seed: int) -> Splits:
     }
     eval_sets = {}
     for name, source in data_cfg.eval_sets.items():
-        frame = read_texts(source, data_cfg.text_column, data_cfg.label_column)
+        frame = read_texts(source, data_cfg.text_column, data_cfg.label_column, pair_column=pair)
         eval_sets[name] = (frame.texts, encode_labels(frame, names))
         counts[f"eval_rows.{name}"] = len(frame.texts)
     return Splits(train_texts, train_labels, val_texts, val_labels, names, counts, eval_sets)
+
+
+def dev_table(texts: list, labels: np.ndarray, data_cfg, label_names: list[str]) -> pd.DataFrame:
+    """Rows as a table in the training file's columns (the run's dev.csv): pairs in two columns."""
+    if texts and isinstance(texts[0], tuple):
+        table = {data_cfg.text_column: [a for a, _ in texts], data_cfg.text_pair_column: [b for _, b in texts]}
+    else:
+        table = {data_cfg.text_column: list(texts)}
+    return pd.DataFrame({**table, data_cfg.label_column: labels})

@@ -87,6 +87,7 @@ def evaluate(
     label_column: str | None = None,
     batch_size: int = 32,
     overwrite: bool = False,
+    pair_column: str | None = None,
 ) -> dict:
     """Metrics of a trained run on one or more labelled files (e.g. in-domain dev and a target sample).
 
@@ -98,6 +99,7 @@ def evaluate(
             matrices are named after each file's stem).
         text_column: text column (default: the one the model was trained with).
         label_column: label column (default: the one the model was trained with).
+        pair_column: second text column of a sentence-pair run (default: the one it was trained with).
         batch_size: texts per forward pass.
         overwrite: replace existing files in ``output_dir``.
 
@@ -126,7 +128,8 @@ def evaluate(
         if clash and not overwrite:
             raise UserError(f"--output-dir {out}: {clash[0]} already exists; pass --overwrite to replace it")
     config, label_names = read_run(model)  # check every input before loading any weights
-    frames = [read_texts(f, text_column or config.data.text_column, label_column or config.data.label_column) for f in files]
+    pair = pair_column or config.data.text_pair_column
+    frames = [read_texts(f, text_column or config.data.text_column, label_column or config.data.label_column, pair_column=pair) for f in files]
     truths = [encode_labels(frame, label_names) for frame in frames]
     clf = load(model, batch_size=batch_size)
     results = {}

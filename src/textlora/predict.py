@@ -18,9 +18,17 @@ from textlora.errors import UserError
 PAD_MULTIPLE = 8  # pad batches to a multiple of this: fewer distinct shapes, friendlier kernels
 
 
-def encode_texts(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
-    """Token ids per text, truncated to ``max_length``, unpadded."""
-    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+def encode_texts(tokenizer, texts: list, max_length: int) -> list[list[int]]:
+    """Token ids per text, truncated to ``max_length``, unpadded.
+
+    A (text, pair text) tuple is tokenized as a pair ([CLS] a [SEP] b [SEP] for BERT), the longer
+    side truncated first. Batches carry input ids and the attention mask only, so token type ids
+    stay 0 in training and at prediction alike (and in ONNX exports).
+    """
+    texts = list(texts)
+    if texts and isinstance(texts[0], tuple):
+        return tokenizer([a for a, _ in texts], [b for _, b in texts], truncation="longest_first", max_length=max_length)["input_ids"]
+    return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
 
 
 def pad_batch(seqs: list[list[int]], pad_id: int):
@@ -168,6 +176,8 @@ def predict(
     output: str | None = None,
     text: str | None = None,
     text_column: str = "text",
+    text_pair: str | None = None,
+    pair_column: str | None = None,
     with_names: bool = False,
     with_probs: bool = False,
     batch_size: int = 32,
@@ -181,6 +191,8 @@ def predict(
         output: CSV to write; refused if it is the input or exists (unless ``overwrite``).
         text: classify this one text instead of a file, and print label and probabilities.
         text_column: name of the text column in ``data``.
+        text_pair: the second text of ``text``, for a sentence-pair run.
+        pair_column: the second text column in ``data`` of a sentence-pair run (default: the run's).
         with_names: add a ``LabelName`` column.
         with_probs: add one ``P(<label name>)`` column per class.
         batch_size: texts per forward pass.
@@ -190,22 +202,28 @@ def predict(
 
     from textlora.data import read_texts
     from textlora.fsutil import atomic_path, check_output_path
-    from textlora.models import check_run_dir
+    from textlora.models import read_run
 
     if (data is None) == (text is None):
         raise UserError("predict: give either --data FILE (with --output) or --text TEXT")
+    config = read_run(model)[0]
+    pair_column = pair_column or config.data.text_pair_column
     if text is not None:
         if not text.strip():
             raise UserError("--text: empty text")
+        if bool(config.data.text_pair_column) != (text_pair is not None):
+            need = "a sentence-pair run: give --text-pair too" if config.data.text_pair_column else "not a sentence-pair run: --text-pair does not apply"
+            raise UserError(f"--model {model}: {need}")
+        if text_pair is not None and not text_pair.strip():
+            raise UserError("--text-pair: empty text")
         clf = load(model, batch_size=batch_size)
-        probs = clf.predict_proba([text])[0]
+        probs = clf.predict_proba([text if text_pair is None else (text, text_pair)])[0]
         k = int(probs.argmax())
         return {"label": k, "label_name": clf.label_names[k], "probabilities": {n: float(p) for n, p in zip(clf.label_names, probs)}}
     if output is None:
         raise UserError("predict: --output is required with --data")
     out = check_output_path(output, inputs=[data], overwrite=overwrite, flag="--output")
-    check_run_dir(model)
-    frame = read_texts(data, text_column, None, require_labels=False)
+    frame = read_texts(data, text_column, None, require_labels=False, pair_column=pair_column)
     clf = load(model, batch_size=batch_size)
     probs = _sharded_proba(clf, frame.texts)
     if probs is None:  # a rank other than 0 under torchrun: rank 0 writes the output

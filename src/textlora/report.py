@@ -94,6 +94,11 @@ def _front_matter(config, base: str, local: bool, best: dict) -> list[str]:
     return ["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", ""]
 
 
+def _shown(text) -> str:
+    """A text as the report shows it; a sentence pair as ``text || pair``."""
+    return text if isinstance(text, str) else " || ".join(text)
+
+
 def _plain_hf_use(config, base: str) -> list[str]:
     """How to load the run without textlora: peft for the standard head, ONNX for the others."""
     if config.model.head != "standard" or config.lora.method == "vera":
@@ -211,7 +216,7 @@ def build_report(model: str, data: str | None = None, output: str | None = None,
     config, names = read_run(run)
     data = data or str(run / "dev.csv")
     out = check_output_path(output or run / "report.html", inputs=[data], overwrite=overwrite, flag="--output")
-    frame = read_texts(data, config.data.text_column, config.data.label_column)
+    frame = read_texts(data, config.data.text_column, config.data.label_column, pair_column=config.data.text_pair_column)
     y = encode_labels(frame, names)
     import json
 
@@ -250,7 +255,7 @@ def build_report(model: str, data: str | None = None, output: str | None = None,
         f"<h2 id='mistakes'>Most confident mistakes ({min(top_mistakes, len(wrong))} of {len(wrong)})</h2>",
         _table(
             ["row", "true", "predicted", "confidence", "text"],
-            [[frame.rows[i], names[y[i]], names[pred[i]], f"{probs[i, pred[i]]:.3f}", frame.texts[i][:400]] for i in wrong[:top_mistakes]],
+            [[frame.rows[i], names[y[i]], names[pred[i]], f"{probs[i, pred[i]]:.3f}", _shown(frame.texts[i])[:400]] for i in wrong[:top_mistakes]],
         ),
         "<h2 id='data'>Data, including synthetic rows</h2>",
         _table(

@@ -20,6 +20,7 @@ from textlora.errors import UserError
 # Request and response bodies (module level, so that FastAPI can resolve the annotations).
 class ClassifyRequest(BaseModel):
     texts: list[str] = Field(min_length=1, description="texts to classify, at most the server's --max-batch")
+    pairs: list[str] | None = Field(default=None, description="sentence-pair runs only: the second text of each pair, one per text")
 
 
 class Prediction(BaseModel):
@@ -78,7 +79,7 @@ def _examples(run: Path, config, label_names: list[str], per_class: int = 1) -> 
         return []
     df = pd.read_csv(dev)
     col, lab = config.data.text_column, config.data.label_column
-    if col not in df or lab not in df:
+    if col not in df or lab not in df or config.data.text_pair_column:  # the page has one text box: no pair examples
         return []
     picks = df.groupby(lab, sort=True).head(per_class)
     return [str(t)[:300] for t in picks[col].tolist()][: 2 * len(label_names)]
@@ -131,6 +132,17 @@ def create_app(model: str, max_batch: int = 64, max_chars: int = 10_000, max_wai
         if empty:
             raise HTTPException(422, f"texts[{empty[0]}] is empty")
         texts = [t[:max_chars] for t in req.texts]
+        if bool(clf.config.data.text_pair_column) != (req.pairs is not None):
+            raise HTTPException(
+                422, "this model classifies sentence pairs: send 'pairs' beside 'texts'" if req.pairs is None else "'pairs' is only for sentence-pair models"
+            )
+        if req.pairs is not None:
+            if len(req.pairs) != len(req.texts):
+                raise HTTPException(422, f"{len(req.pairs)} pairs for {len(req.texts)} texts")
+            empty = [i for i, t in enumerate(req.pairs) if not t.strip()]
+            if empty:
+                raise HTTPException(422, f"pairs[{empty[0]}] is empty")
+            texts = [(t, p[:max_chars]) for t, p in zip(texts, req.pairs)]
         probs = await batcher.submit(texts)
         out = []
         for p in probs:

@@ -695,8 +695,8 @@ def _progress(total: int, initial: int, enabled: bool):
 
 def _write_run_dir(core, tokenizer, config, splits, breakdown, fit, out: Path, precision: str, total_steps: int) -> None:
     """Load the best checkpoint's weights and write the self-contained run directory."""
-    import pandas as pd
 
+    from textlora.data import dev_table
     from textlora.report import model_card
 
     if fit.best_checkpoint:
@@ -731,7 +731,7 @@ def _write_run_dir(core, tokenizer, config, splits, breakdown, fit, out: Path, p
     with atomic_path(out / "config.yaml") as tmp:
         save_config(config, tmp)
     with atomic_path(out / "dev.csv") as tmp:
-        pd.DataFrame({config.data.text_column: splits.val_texts, config.data.label_column: splits.val_labels}).to_csv(tmp, index=False)
+        dev_table(splits.val_texts, splits.val_labels, config.data, splits.label_names).to_csv(tmp, index=False)
     with atomic_path(out / "textlora.json") as tmp:  # written last: its presence marks a complete run
         from textlora.models import RUN_FORMAT
 
