@@ -175,11 +175,11 @@ def choose_plan(model, budget: int, head_kind: str = "standard", method: str = "
 
 
 def _label_names(config) -> list[str]:
-    from textlora.data import label_names_for, read_texts
+    from textlora.data import label_names_for, read_options, read_texts
 
     if config.data.label_names:
         return config.data.label_names
-    frame = read_texts(config.data.train, config.data.text_column, config.data.label_column, pair_column=config.data.text_pair_column)
+    frame = read_texts(config.data.train, config.data.text_column, config.data.label_column, **read_options(config.data))
     return label_names_for(frame.labels, None, config.data.train)
 
 

@@ -73,6 +73,8 @@ class DataConfig:
     text_pair_column: str | None = None  # a second text column: each row is tokenized as the pair (text, pair)
     label_column: str = "label"
     label_names: list[str] | None = None  # names for integer labels 0..K-1; default: the labels themselves
+    multi_label: bool = False  # each row has a set of labels: a JSON list ("[\"World\", \"Business\"]") or a list in JSONL/Parquet
+    label_separator: str | None = None  # multi_label: labels written as one string split on this (e.g. "|") instead of JSON
     extra_train: list[str] = field(default_factory=list)  # extra rows (e.g. synthetic): training split only
     val_fraction: float = 0.1  # stratified, seeded dev split taken from `train` before extras are added
     dev: str | None = None  # a labelled dev file to use instead of splitting `train` (then val_fraction is unused)
@@ -161,6 +163,15 @@ class Config:
             _check(
                 name in self.data.eval_sets, "train.metric_for_best", f"an eval set named in data.eval_sets ({', '.join(self.data.eval_sets) or 'none'})", name
             )
+        if self.data.multi_label:  # one sigmoid a class: these settings are for a softmax over classes
+            _check(self.train.class_weights == "none", "train.class_weights", "none with data.multi_label", self.train.class_weights)
+            _check(self.train.label_smoothing == 0, "train.label_smoothing", "0 with data.multi_label", self.train.label_smoothing)
+        _check(
+            self.data.label_separator is None or self.data.multi_label,
+            "data.label_separator",
+            "unset unless data.multi_label is true",
+            self.data.label_separator,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -24,7 +24,7 @@ class TextFrame:
 
     source: str
     texts: list  # str each, or (text, pair text) tuples when read with a pair column
-    labels: list | None  # raw label values as read: all int or all str
+    labels: list | None  # raw label values as read: all int or all str (multi-label: a list of them per row)
     ids: list | None  # the `id` column, if present
     rows: list[int]  # the row number of each entry in the source file (1-based, header = row 1)
 
@@ -99,7 +99,37 @@ def _row_of(source: str, i: int) -> int:
     return i + 2 if not source.startswith("hf:") and Path(source).suffix.lower() in (".csv", ".tsv", ".txt") else i + 1
 
 
+def _is_list_text(value) -> bool:
+    return isinstance(value, str) and value.strip().startswith("[") and value.strip().endswith("]")
+
+
+def _parse_label_list(value, source: str, row: int, column: str, separator: str | None) -> list:
+    """A multi-label row's labels: a list (JSONL, Parquet), a JSON list in text, or text split on ``separator``."""
+    import json
+
+    if isinstance(value, (list, tuple, np.ndarray)):
+        items = list(value)
+    elif isinstance(value, str) and separator is not None:
+        items = [x.strip() for x in value.split(separator) if x.strip()]
+    elif _is_list_text(value):
+        try:
+            items = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{source}: row {row}: label list {value[:60]!r} in column '{column}' is not valid JSON ({e.msg})") from None
+    elif isinstance(value, str) and value.strip().startswith("["):
+        raise UserError(f"{source}: row {row}: label list {value[:60]!r} in column '{column}' is not valid JSON (no closing ']')")
+    else:
+        items = [value]
+    if not items:
+        raise UserError(f"{source}: row {row}: empty label list in column '{column}'")
+    return sorted({_parse_label(v, source, row, column) for v in items}, key=str)
+
+
 def _parse_label(value, source: str, row: int, column: str):
+    if isinstance(value, (list, tuple, np.ndarray)) or _is_list_text(value):
+        raise UserError(
+            f"{source}: row {row}: label {str(list(value) if not isinstance(value, str) else value)[:60]} in column '{column}' is a list; set data.multi_label: true for multi-label data"
+        )
     if value is None or (isinstance(value, float) and np.isnan(value)):
         raise UserError(f"{source}: row {row}: empty label in column '{column}'")
     if isinstance(value, (bool, np.bool_)):
@@ -131,10 +161,13 @@ def read_texts(
     *,
     require_labels: bool = True,
     pair_column: str | None = None,
+    multi_label: bool = False,
+    label_separator: str | None = None,
 ) -> TextFrame:
     """Read a file of texts (and labels). Labels are read if the column exists, required if asked.
 
-    With ``pair_column``, each input is the pair (text, pair text), as a tuple.
+    With ``pair_column``, each input is the pair (text, pair text), as a tuple. With ``multi_label``,
+    each label is a list of labels (see :func:`_parse_label_list`).
     """
     df = _read_table(source)
     if len(df) == 0:
@@ -151,14 +184,17 @@ def read_texts(
         texts = [(t, _text(p, source, i, pair_column)) for i, (t, p) in enumerate(zip(texts, df[pair_column].tolist()))]
     labels = None
     if has_labels:
-        labels = [_parse_label(v, source, _row_of(source, i), label_column) for i, v in enumerate(df[label_column].tolist())]
-        kinds = {type(v) for v in labels}
-        if len(kinds) > 1:
-            first_str = next(i for i, v in enumerate(labels) if isinstance(v, str))
-            first_int = next(i for i, v in enumerate(labels) if isinstance(v, int))
+        if multi_label:
+            labels = [_parse_label_list(v, source, _row_of(source, i), label_column, label_separator) for i, v in enumerate(df[label_column].tolist())]
+        else:
+            labels = [_parse_label(v, source, _row_of(source, i), label_column) for i, v in enumerate(df[label_column].tolist())]
+        flat = [(i, v) for i, row in enumerate(labels) for v in (row if multi_label else [row])]
+        if len({type(v) for _, v in flat}) > 1:
+            first_str = next((i, v) for i, v in flat if isinstance(v, str))
+            first_int = next((i, v) for i, v in flat if isinstance(v, int))
             raise UserError(
                 f"{source}: column '{label_column}' mixes integer and string labels "
-                f"(row {_row_of(source, first_int)}: {labels[first_int]!r}, row {_row_of(source, first_str)}: {labels[first_str]!r})"
+                f"(row {_row_of(source, first_int[0])}: {first_int[1]!r}, row {_row_of(source, first_str[0])}: {first_str[1]!r})"
             )
     ids = df["id"].tolist() if "id" in df.columns else None
     return TextFrame(source, texts, labels, ids, [_row_of(source, i) for i in range(len(df))])
@@ -176,6 +212,8 @@ def texts_in(files: list[str], text_column: str = "text") -> set[str]:
 
 def label_names_for(labels: list, given: list[str] | None, source: str) -> list[str]:
     """The ordered label names: given ones, else 0..max for int labels, else sorted strings."""
+    if labels and isinstance(labels[0], list):  # multi-label rows
+        labels = [v for row in labels for v in row]
     if given:
         if len(set(given)) != len(given):
             raise UserError(f"config: data.label_names: duplicate names in {given}")
@@ -192,7 +230,16 @@ def label_names_for(labels: list, given: list[str] | None, source: str) -> list[
 
 
 def encode_labels(frame: TextFrame, names: list[str]) -> np.ndarray:
-    """Map raw labels to class indices; a label outside ``names`` is an error naming the row."""
+    """Map raw labels to class indices; a label outside ``names`` is an error naming the row.
+
+    Multi-label rows become a (rows, classes) float32 0/1 matrix.
+    """
+    if frame.labels and isinstance(frame.labels[0], list):
+        out = np.zeros((len(frame.labels), len(names)), dtype=np.float32)
+        for i, row in enumerate(frame.labels):
+            single = TextFrame(frame.source, [], row, None, [frame.rows[i]] * len(row))
+            out[i, encode_labels(single, names)] = 1.0
+        return out
     index = {n: i for i, n in enumerate(names)}
     out = np.empty(len(frame.labels), dtype=np.int64)
     for i, v in enumerate(frame.labels):
@@ -245,27 +292,34 @@ class Splits:
     eval_sets: dict = field(default_factory=dict)  # name -> (texts, labels): evaluated beside the dev split, never trained on
 
 
+def read_options(data_cfg) -> dict:
+    """The :func:`read_texts` options a config's data section sets: pair column, multi-label parsing."""
+    return {"pair_column": data_cfg.text_pair_column, "multi_label": data_cfg.multi_label, "label_separator": data_cfg.label_separator}
+
+
 def load_splits(data_cfg, seed: int) -> Splits:
     """Read the training file, split off a stratified dev set, then add extra rows to train only."""
-    pair = data_cfg.text_pair_column
-    main = read_texts(data_cfg.train, data_cfg.text_column, data_cfg.label_column, pair_column=pair)
+    kw = read_options(data_cfg)
+    main = read_texts(data_cfg.train, data_cfg.text_column, data_cfg.label_column, **kw)
     names = label_names_for(main.labels, data_cfg.label_names, data_cfg.train)
     y = encode_labels(main, names)
     if data_cfg.dev:  # an explicit dev file: every row of `train` trains
-        dev = read_texts(data_cfg.dev, data_cfg.text_column, data_cfg.label_column, pair_column=pair)
+        dev = read_texts(data_cfg.dev, data_cfg.text_column, data_cfg.label_column, **kw)
         val_texts, val_labels = dev.texts, encode_labels(dev, names)
         tr = np.arange(len(y))
     else:
-        tr, va = stratified_split(y, data_cfg.val_fraction, seed, data_cfg.train)
+        strata = y.argmax(axis=1) if y.ndim == 2 else y  # multi-label: stratified by each row's first class
+        tr, va = stratified_split(strata, data_cfg.val_fraction, seed, data_cfg.train)
         val_texts, val_labels = [main.texts[i] for i in va], y[va]
     train_texts = [main.texts[i] for i in tr]
     train_labels = [y[tr]]
     extra_rows = 0
     for source in data_cfg.extra_train:
-        extra = read_texts(source, data_cfg.text_column, data_cfg.label_column, pair_column=pair)
+        extra = read_texts(source, data_cfg.text_column, data_cfg.label_column, **kw)
         # names always match by name; integers are class indices only where the classes are numbered
-        if isinstance(extra.labels[0], int) and not isinstance(main.labels[0], int) and not data_cfg.label_names:
-            raise UserError(f"{source}: labels are {type(extra.labels[0]).__name__}s but {data_cfg.train} has {type(main.labels[0]).__name__}s")
+        first_extra, first_main = (extra.labels[0][0], main.labels[0][0]) if data_cfg.multi_label else (extra.labels[0], main.labels[0])
+        if isinstance(first_extra, int) and not isinstance(first_main, int) and not data_cfg.label_names:
+            raise UserError(f"{source}: labels are {type(first_extra).__name__}s but {data_cfg.train} has {type(first_main).__name__}s")
         train_texts += extra.texts
         train_labels.append(encode_labels(extra, names))
         extra_rows += len(extra.texts)
@@ -284,7 +338,7 @@ def load_splits(data_cfg, seed: int) -> Splits:
     }
     eval_sets = {}
     for name, source in data_cfg.eval_sets.items():
-        frame = read_texts(source, data_cfg.text_column, data_cfg.label_column, pair_column=pair)
+        frame = read_texts(source, data_cfg.text_column, data_cfg.label_column, **kw)
         eval_sets[name] = (frame.texts, encode_labels(frame, names))
         counts[f"eval_rows.{name}"] = len(frame.texts)
     return Splits(train_texts, train_labels, val_texts, val_labels, names, counts, eval_sets)
@@ -296,4 +350,8 @@ def dev_table(texts: list, labels: np.ndarray, data_cfg, label_names: list[str])
         table = {data_cfg.text_column: [a for a, _ in texts], data_cfg.text_pair_column: [b for _, b in texts]}
     else:
         table = {data_cfg.text_column: list(texts)}
+    if labels.ndim == 2:  # multi-label: the names of each row's labels, as a JSON list
+        import json
+
+        labels = [json.dumps([label_names[j] for j in np.flatnonzero(row)]) for row in labels]
     return pd.DataFrame({**table, data_cfg.label_column: labels})

@@ -40,6 +40,51 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_names: list[st
     }
 
 
+THRESHOLD = 0.5  # multi-label: a class is predicted when its sigmoid probability reaches this
+
+
+def compute_multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str]) -> dict:
+    """Multi-label metrics from (rows, classes) 0/1 matrices, as scikit-learn computes them.
+
+    ``accuracy`` is subset accuracy (the predicted set equals the true set); ``micro_f1`` pools
+    every (row, class) decision; ``macro_f1`` is the unweighted mean of the per-class F1 over all
+    classes (scikit-learn's ``f1_score(average="macro")`` on indicator matrices, zero_division=0).
+    """
+    t, p = np.asarray(y_true) > 0.5, np.asarray(y_pred) > 0.5
+    tp, fp, fn = (t & p).sum(0).astype(float), (~t & p).sum(0).astype(float), (t & ~p).sum(0).astype(float)
+
+    def f1(tp, fp, fn):
+        return np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=(2 * tp + fp + fn) > 0)
+
+    precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
+    recall = np.divide(tp, tp + fn, out=np.zeros_like(tp), where=(tp + fn) > 0)
+    per_f1 = f1(tp, fp, fn)
+    return {
+        "accuracy": float((t == p).all(axis=1).mean()) if len(t) else 0.0,
+        "micro_f1": float(f1(tp.sum(keepdims=True), fp.sum(keepdims=True), fn.sum(keepdims=True))[0]),
+        "macro_f1": float(per_f1.mean()),
+        "n": int(len(t)),
+        "per_class": {
+            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(per_f1[i]), "support": int(t[:, i].sum())}
+            for i, name in enumerate(label_names)
+        },
+        "label_names": list(label_names),
+        "threshold": THRESHOLD,
+    }
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def metrics_from_logits(y_true: np.ndarray, logits: np.ndarray, label_names: list[str]) -> dict:
+    """Metrics of a model's logits: argmax for single-label truths (a vector of class indices),
+    sigmoid >= THRESHOLD for multi-label ones (a 0/1 matrix)."""
+    if np.asarray(y_true).ndim == 2:
+        return compute_multilabel_metrics(y_true, sigmoid(logits) >= THRESHOLD, label_names)
+    return compute_metrics(y_true, logits.argmax(axis=1), label_names)
+
+
 def plot_confusion(metrics: dict, path) -> None:
     """Save the confusion matrix as a PNG (to a path or a binary file object), counts in each cell."""
     import matplotlib
@@ -68,8 +113,10 @@ def plot_confusion(metrics: dict, path) -> None:
 
 
 def format_metrics(metrics: dict) -> str:
+    multi = "micro_f1" in metrics
     lines = [
-        f"accuracy  {metrics['accuracy']:.4f}",
+        f"accuracy  {metrics['accuracy']:.4f}" + ("   (subset accuracy: every label of a row right)" if multi else ""),
+        *([f"micro-F1  {metrics['micro_f1']:.4f}"] if multi else []),
         f"macro-F1  {metrics['macro_f1']:.4f}   (n={metrics['n']})",
         "",
         f"{'class':<20} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}",
@@ -106,7 +153,7 @@ def evaluate(
     Returns:
         The metrics for a single file; for several, ``{file: metrics}``.
     """
-    from textlora.data import encode_labels, read_texts
+    from textlora.data import encode_labels, read_options, read_texts
     from textlora.fsutil import atomic_path
     from textlora.models import read_run
     from textlora.predict import load
@@ -128,19 +175,21 @@ def evaluate(
         if clash and not overwrite:
             raise UserError(f"--output-dir {out}: {clash[0]} already exists; pass --overwrite to replace it")
     config, label_names = read_run(model)  # check every input before loading any weights
-    pair = pair_column or config.data.text_pair_column
-    frames = [read_texts(f, text_column or config.data.text_column, label_column or config.data.label_column, pair_column=pair) for f in files]
+    opts = {**read_options(config.data), "pair_column": pair_column or config.data.text_pair_column}
+    frames = [read_texts(f, text_column or config.data.text_column, label_column or config.data.label_column, **opts) for f in files]
     truths = [encode_labels(frame, label_names) for frame in frames]
     clf = load(model, batch_size=batch_size)
     results = {}
     for f, frame, y_true in zip(files, frames, truths):
-        y_pred = clf.logits(frame.texts, progress=len(frame.texts) > 2000).argmax(axis=1)
-        results[f] = {**compute_metrics(y_true, y_pred, clf.label_names), "data": str(f)}
+        logits = clf.logits(frame.texts, progress=len(frame.texts) > 2000)
+        results[f] = {**metrics_from_logits(y_true, logits, clf.label_names), "data": str(f)}
     if output_dir is not None:
         out.mkdir(exist_ok=True)
         with atomic_path(out / "metrics.json") as tmp:
             tmp.write_text(json.dumps(results[files[0]] if len(files) == 1 else results, indent=2))
         for stem, m in zip(stems, results.values()):
+            if "confusion_matrix" not in m:  # multi-label: per-class scores only
+                continue
             with atomic_path(out / f"confusion_matrix{stem}.json") as tmp:
                 tmp.write_text(json.dumps({"label_names": m["label_names"], "matrix": m["confusion_matrix"]}, indent=2))
             with atomic_path(out / f"confusion_matrix{stem}.png") as tmp:

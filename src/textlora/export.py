@@ -148,6 +148,6 @@ class OnnxClassifier:
         return out
 
     def predict_proba(self, texts: list[str], progress: bool = False) -> np.ndarray:
-        from textlora.predict import softmax
+        from textlora.predict import probabilities
 
-        return softmax(self.logits(texts))
+        return probabilities(self.logits(texts), self.config)

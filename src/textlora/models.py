@@ -144,20 +144,28 @@ def _attn_implementation(choice: str) -> str:
 
 
 def load_base_model(
-    name: str, label_names: list[str], *, weights: bool = True, attn_implementation: str = "auto", head: str = "standard", head_hidden: int = 64
+    name: str,
+    label_names: list[str],
+    *,
+    weights: bool = True,
+    attn_implementation: str = "auto",
+    head: str = "standard",
+    head_hidden: int = 64,
+    multi_label: bool = False,
 ):
     """The base encoder with a fresh classification head for ``label_names``.
 
     With ``weights=False`` only the config is read and the model is randomly initialised:
     enough to count parameters without downloading weights. ``head`` other than ``standard``
-    replaces the model's own head (see textlora.heads).
+    replaces the model's own head (see textlora.heads). ``multi_label`` marks the config's
+    problem type, so that transformers' pipeline applies a sigmoid a class to an exported model.
     """
     from textlora.heads import install_head
 
-    return install_head(_load_base_model(name, label_names, weights, attn_implementation), head, head_hidden, name)
+    return install_head(_load_base_model(name, label_names, weights, attn_implementation, multi_label), head, head_hidden, name)
 
 
-def _load_base_model(name: str, label_names: list[str], weights: bool, attn_implementation: str):
+def _load_base_model(name: str, label_names: list[str], weights: bool, attn_implementation: str, multi_label: bool = False):
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     path = resolve_model_path(name)
@@ -166,6 +174,7 @@ def _load_base_model(name: str, label_names: list[str], weights: bool, attn_impl
         id2label=dict(enumerate(label_names)),
         label2id={n: i for i, n in enumerate(label_names)},
         attn_implementation=_attn_implementation(attn_implementation),
+        problem_type="multi_label_classification" if multi_label else "single_label_classification",
     )
     try:
         if weights:
@@ -283,7 +292,9 @@ def build_model(config, label_names: list[str], *, weights: bool = True):
     from textlora.budget import resolve_auto_lora
     from textlora.heads import install_head
 
-    model = load_base_model(config.model.name, label_names, weights=weights, attn_implementation=config.model.attn_implementation)
+    model = load_base_model(
+        config.model.name, label_names, weights=weights, attn_implementation=config.model.attn_implementation, multi_label=config.data.multi_label
+    )
     resolve_auto_lora(config, model)  # fills lora and model.head where they say auto
     install_head(model, config.model.head, config.model.head_hidden, config.model.name)
     if config.model.dropout is not None:  # on CPUs, dropout's random masks can cost as much as the matmuls
@@ -345,7 +356,12 @@ def load_classifier(run_dir: str | Path, *, merge: bool = True):
     run = check_run_dir(run_dir)
     config, label_names = read_run(run)
     base = load_base_model(
-        config.model.name, label_names, attn_implementation=config.model.attn_implementation, head=config.model.head, head_hidden=config.model.head_hidden
+        config.model.name,
+        label_names,
+        attn_implementation=config.model.attn_implementation,
+        head=config.model.head,
+        head_hidden=config.model.head_hidden,
+        multi_label=config.data.multi_label,
     )
     model = PeftModel.from_pretrained(base, str(run))
     # peft 0.21's VeRA unload assumes every module it trains in full has a .weight, which

@@ -8,6 +8,7 @@ put back in input order.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 
@@ -113,6 +114,22 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def probabilities(logits: np.ndarray, config) -> np.ndarray:
+    """Class probabilities: a softmax over the classes, or one sigmoid a class for a multi-label run."""
+    if config.data.multi_label:
+        return 1.0 / (1.0 + np.exp(-logits))
+    return softmax(logits)
+
+
+def chosen(probs: np.ndarray, config) -> list:
+    """Each row's prediction: a class index, or for a multi-label run the list of classes at or above the threshold."""
+    if config.data.multi_label:
+        from textlora.evaluate import THRESHOLD
+
+        return [np.flatnonzero(p >= THRESHOLD).tolist() for p in probs]
+    return probs.argmax(axis=1).tolist()
+
+
 class Classifier:
     """A loaded run directory, ready to classify texts."""
 
@@ -133,7 +150,7 @@ class Classifier:
         )
 
     def predict_proba(self, texts: list[str], progress: bool = False) -> np.ndarray:
-        return softmax(self.logits(texts, progress=progress))
+        return probabilities(self.logits(texts, progress=progress), self.config)
 
 
 def load(run_dir: str | os.PathLike, **kwargs):
@@ -217,9 +234,10 @@ def predict(
         if text_pair is not None and not text_pair.strip():
             raise UserError("--text-pair: empty text")
         clf = load(model, batch_size=batch_size)
-        probs = clf.predict_proba([text if text_pair is None else (text, text_pair)])[0]
-        k = int(probs.argmax())
-        return {"label": k, "label_name": clf.label_names[k], "probabilities": {n: float(p) for n, p in zip(clf.label_names, probs)}}
+        probs = clf.predict_proba([text if text_pair is None else (text, text_pair)])
+        k = chosen(probs, config)[0]
+        names = [clf.label_names[j] for j in k] if config.data.multi_label else clf.label_names[k]
+        return {"label": k, "label_name": names, "probabilities": {n: float(p) for n, p in zip(clf.label_names, probs[0])}}
     if output is None:
         raise UserError("predict: --output is required with --data")
     out = check_output_path(output, inputs=[data], overwrite=overwrite, flag="--output")
@@ -228,10 +246,16 @@ def predict(
     probs = _sharded_proba(clf, frame.texts)
     if probs is None:  # a rank other than 0 under torchrun: rank 0 writes the output
         return out
-    pred = probs.argmax(axis=1)
-    df = pd.DataFrame({"ID": frame.ids if frame.ids is not None else np.arange(len(pred)), "Label": pred})
-    if with_names:
-        df["LabelName"] = [clf.label_names[k] for k in pred]
+    pred = chosen(probs, config)
+    ids = frame.ids if frame.ids is not None else np.arange(len(pred))
+    if config.data.multi_label:  # one row per input: its labels as a JSON list (possibly empty)
+        df = pd.DataFrame({"ID": ids, "Labels": [json.dumps(k) for k in pred]})
+        if with_names:
+            df["LabelNames"] = [json.dumps([clf.label_names[j] for j in k]) for k in pred]
+    else:
+        df = pd.DataFrame({"ID": ids, "Label": pred})
+        if with_names:
+            df["LabelName"] = [clf.label_names[k] for k in pred]
     if with_probs:
         for j, name in enumerate(clf.label_names):
             df[f"P({name})"] = probs[:, j].round(6)

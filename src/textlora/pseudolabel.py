@@ -77,7 +77,7 @@ def pseudolabel(
 
     from textlora.data import read_texts, same_text, texts_in
     from textlora.fsutil import atomic_path, check_output_path
-    from textlora.models import check_run_dir
+    from textlora.models import read_run
     from textlora.predict import load
 
     if not 0 <= min_confidence <= 1:
@@ -85,7 +85,11 @@ def pseudolabel(
     if max_per_class is not None and max_per_class < 1:
         raise UserError(f"--max-per-class: expected an integer >= 1, found {max_per_class}")
     out = check_output_path(output, inputs=[data, *(exclude or [])], overwrite=overwrite, flag="--output")
-    check_run_dir(model)
+    saved = read_run(model)[0]
+    if saved.data.multi_label or saved.data.text_pair_column:
+        raise UserError(
+            f"--model {model}: pseudolabel takes single-text, single-label runs; this one is {'multi-label' if saved.data.multi_label else 'a sentence-pair run'}"
+        )
     frame = read_texts(data, text_column, None, require_labels=False)
     banned = texts_in(exclude or [], text_column)
     keep_rows = [i for i, t in enumerate(frame.texts) if same_text(t) not in banned]

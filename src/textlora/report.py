@@ -204,10 +204,11 @@ def build_report(model: str, data: str | None = None, output: str | None = None,
     from html import escape
     from pathlib import Path
 
+    import numpy as np
     import yaml
 
-    from textlora.data import encode_labels, read_texts
-    from textlora.evaluate import compute_metrics
+    from textlora.data import encode_labels, read_options, read_texts
+    from textlora.evaluate import THRESHOLD, compute_metrics, compute_multilabel_metrics
     from textlora.fsutil import atomic_path, check_output_path
     from textlora.models import read_run
     from textlora.predict import load
@@ -216,16 +217,30 @@ def build_report(model: str, data: str | None = None, output: str | None = None,
     config, names = read_run(run)
     data = data or str(run / "dev.csv")
     out = check_output_path(output or run / "report.html", inputs=[data], overwrite=overwrite, flag="--output")
-    frame = read_texts(data, config.data.text_column, config.data.label_column, pair_column=config.data.text_pair_column)
+    frame = read_texts(data, config.data.text_column, config.data.label_column, **read_options(config.data))
     y = encode_labels(frame, names)
     import json
 
     metrics = json.loads((run / "metrics.json").read_text())
     probs = load(run).predict_proba(frame.texts)
-    pred = probs.argmax(axis=1)
-    m = compute_metrics(y, pred, names)
-    wrong = [i for i in range(len(y)) if pred[i] != y[i]]
-    wrong.sort(key=lambda i: -probs[i, pred[i]])
+    multi = config.data.multi_label
+    if multi:  # sets of labels: a row is wrong when its predicted set differs; its confidence is the surest wrong decision
+        pred = probs >= THRESHOLD
+        m = compute_multilabel_metrics(y, pred, names)
+        wrong = [i for i in range(len(y)) if (pred[i] != (y[i] > 0.5)).any()]
+        confidence = {i: float(np.maximum(probs[i], 1 - probs[i])[pred[i] != (y[i] > 0.5)].max()) for i in wrong}
+
+        def shown_labels(row):
+            return ", ".join(names[j] for j in np.flatnonzero(row)) or "(none)"
+
+        true_of, pred_of = (lambda i: shown_labels(y[i])), (lambda i: shown_labels(pred[i]))
+    else:
+        pred = probs.argmax(axis=1)
+        m = compute_metrics(y, pred, names)
+        wrong = [i for i in range(len(y)) if pred[i] != y[i]]
+        confidence = {i: float(probs[i, pred[i]]) for i in wrong}
+        true_of, pred_of = (lambda i: names[y[i]]), (lambda i: names[pred[i]])
+    wrong.sort(key=lambda i: -confidence[i])
     bd = metrics.get("trainable_params", {})
     d = metrics.get("data", {})
     best = metrics.get("best") or {}
@@ -236,7 +251,12 @@ def build_report(model: str, data: str | None = None, output: str | None = None,
         f"<h1>textlora report: {escape(run.name)}</h1>",
         f"<p>{escape(config.model.name)} + LoRA, evaluated on <code>{escape(data)}</code> ({len(y):,} rows).</p>",
         "<div class='kpi'>"
-        + f"<div>accuracy<b>{m['accuracy']:.4f}</b></div><div>macro-F1<b>{m['macro_f1']:.4f}</b></div>"
+        + (
+            f"<div>subset accuracy<b>{m['accuracy']:.4f}</b></div><div>micro-F1<b>{m['micro_f1']:.4f}</b></div>"
+            if multi
+            else f"<div>accuracy<b>{m['accuracy']:.4f}</b></div>"
+        )
+        + f"<div>macro-F1<b>{m['macro_f1']:.4f}</b></div>"
         + f"<div>trainable params<b>{bd.get('total', 0):,}</b></div><div>training time<b>{metrics.get('train_seconds', 0):.0f} s</b></div></div>",
         "<h2 id='config'>Configuration and parameters</h2>",
         _table(["part", "parameters"], [[k, f"{v:,}"] for k, v in bd.items()] + [["budget", f"{config.budget.max_trainable_params:,}"]]),
@@ -246,7 +266,9 @@ def build_report(model: str, data: str | None = None, output: str | None = None,
         f"<p>Best checkpoint: step {best.get('step')} by {escape(str(metrics.get('metric_for_best')))}.</p>",
         _eval_sets_section(config, metrics),
         "<h2 id='confusion'>Confusion matrix</h2>",
-        f"<img alt='confusion matrix' src='{_confusion_png(m)}'>",
+        f"<p>Multi-label run: a class is predicted when its sigmoid probability reaches {THRESHOLD}; see the per-class scores.</p>"
+        if multi
+        else f"<img alt='confusion matrix' src='{_confusion_png(m)}'>",
         "<h2 id='per-class'>Per-class precision, recall and F1</h2>",
         _table(
             ["class", "precision", "recall", "F1", "support"],
@@ -255,7 +277,7 @@ def build_report(model: str, data: str | None = None, output: str | None = None,
         f"<h2 id='mistakes'>Most confident mistakes ({min(top_mistakes, len(wrong))} of {len(wrong)})</h2>",
         _table(
             ["row", "true", "predicted", "confidence", "text"],
-            [[frame.rows[i], names[y[i]], names[pred[i]], f"{probs[i, pred[i]]:.3f}", _shown(frame.texts[i])[:400]] for i in wrong[:top_mistakes]],
+            [[frame.rows[i], true_of(i), pred_of(i), f"{confidence[i]:.3f}", _shown(frame.texts[i])[:400]] for i in wrong[:top_mistakes]],
         ),
         "<h2 id='data'>Data, including synthetic rows</h2>",
         _table(

@@ -24,9 +24,11 @@ class ClassifyRequest(BaseModel):
 
 
 class Prediction(BaseModel):
-    label: int
+    label: int  # the most probable class
     label_name: str
-    probabilities: dict[str, float]
+    probabilities: dict[str, float]  # softmax over classes; for a multi-label model, one sigmoid a class
+    labels: list[int] | None = None  # multi-label models: every class at or above the threshold
+    label_names: list[str] | None = None
 
 
 class ClassifyResponse(BaseModel):
@@ -99,7 +101,7 @@ def create_app(model: str, max_batch: int = 64, max_chars: int = 10_000, max_wai
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import HTMLResponse
 
-    from textlora.predict import load
+    from textlora.predict import chosen, load
 
     clf = load(model)
     run = Path(model)
@@ -145,9 +147,12 @@ def create_app(model: str, max_batch: int = 64, max_chars: int = 10_000, max_wai
             texts = [(t, p[:max_chars]) for t, p in zip(texts, req.pairs)]
         probs = await batcher.submit(texts)
         out = []
-        for p in probs:
+        for p, chosen_k in zip(probs, chosen(probs, clf.config)):
             k = int(p.argmax())
-            out.append({"label": k, "label_name": clf.label_names[k], "probabilities": {n: float(v) for n, v in zip(clf.label_names, p)}})
+            row = {"label": k, "label_name": clf.label_names[k], "probabilities": {n: float(v) for n, v in zip(clf.label_names, p)}}
+            if clf.config.data.multi_label:
+                row |= {"labels": chosen_k, "label_names": [clf.label_names[j] for j in chosen_k]}
+            out.append(row)
         return {"predictions": out}
 
     @app.get("/v1/model")

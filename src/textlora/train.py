@@ -26,7 +26,7 @@ import numpy as np
 from textlora import __version__
 from textlora.config import Config, save_config
 from textlora.errors import UserError
-from textlora.evaluate import compute_metrics
+from textlora.evaluate import metrics_from_logits
 from textlora.fsutil import atomic_dir, atomic_path, file_digest, hold_lock
 from textlora.predict import encode_texts, pad_batch, predict_logits, resolve_precision
 
@@ -383,10 +383,13 @@ def _evaluate(model, val_encoded, val_labels, pad_id, cfg, precision, device, la
     import torch
 
     logits = predict_logits(model, val_encoded, pad_id, batch_size=cfg.eval_batch_size, precision=precision, device=device)
-    loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(val_labels)).item())
-    m = compute_metrics(val_labels, logits.argmax(axis=1), label_names)
-    keep = ("accuracy", "macro_f1", "n", "per_class", "confusion_matrix")
-    return {"loss": loss, **{k: m[k] for k in keep}}
+    if val_labels.ndim == 2:  # multi-label
+        loss = float(torch.nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(val_labels)).item())
+    else:
+        loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(val_labels)).item())
+    m = metrics_from_logits(val_labels, logits, label_names)
+    keep = ("accuracy", "micro_f1", "macro_f1", "n", "per_class", "confusion_matrix")
+    return {"loss": loss, **{k: m[k] for k in keep if k in m}}
 
 
 def lock_path(out: Path) -> Path:
@@ -512,10 +515,13 @@ def train(config: Config, resume: str = "none", overwrite: bool = False) -> Path
 
     # _fit
     weights = None
-    if cfg.class_weights == "balanced":
+    if config.data.multi_label:  # one sigmoid a class (class_weights and label_smoothing are refused by the config)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+    elif cfg.class_weights == "balanced":
         counts = np.bincount(splits.train_labels, minlength=len(splits.label_names)).astype(np.float32)
         weights = torch.from_numpy(len(splits.train_labels) / (len(counts) * np.maximum(counts, 1))).to(device)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    if not config.data.multi_label:
+        loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
     labels_t = torch.from_numpy(splits.train_labels)
     model.train()
     progress = _progress(total_steps, fit.global_step, dist_info.main)
@@ -655,7 +661,9 @@ def _eval_and_checkpoint(
         else:
             fit.bad_evals += 1
         print(
-            f"\nstep {fit.global_step}: dev loss {m['loss']:.4f}, accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}"
+            f"\nstep {fit.global_step}: dev loss {m['loss']:.4f}, {'subset accuracy' if 'micro_f1' in m else 'accuracy'} {m['accuracy']:.4f}, "
+            + (f"micro-F1 {m['micro_f1']:.4f}, " if "micro_f1" in m else "")
+            + f"macro-F1 {m['macro_f1']:.4f}"
             + "".join(f"; {n} accuracy {sm['accuracy']:.4f} (n={sm['n']}), macro-F1 {sm['macro_f1']:.4f}" for n, sm in sets.items())
             + (" (best)" if fit.best_checkpoint == name else ""),
             flush=True,
