@@ -67,7 +67,7 @@ def tfidf_baseline(config, kind: str) -> dict:
     from sklearn.svm import LinearSVC
 
     from textlora.data import load_splits
-    from textlora.evaluate import compute_metrics
+    from textlora.metrics import compute_metrics
 
     s = load_splits(config.data, config.seed)
     start = time.perf_counter()

@@ -24,7 +24,7 @@ import torch
 from textlora.augment.generate import GenerateConfig, plan_rows, read_prompts
 from textlora.augment.lm import load_causal_lm
 from textlora.augment.sampling import SamplingSettings, sample
-from textlora.predict import autocast
+from textlora.runtime import autocast
 
 
 def old_path(model, tok, rows, batch_size: int) -> dict:

@@ -75,10 +75,32 @@ def run_task(name: str, seed: int) -> dict:
     subprocess.run([sys.executable, "-m", "textlora", *argv], cwd=ROOT, check=True)
     train_s = time.perf_counter() - t0
     out = folder / "eval"
-    subprocess.run([sys.executable, "-m", "textlora", "evaluate", "--model", str(folder / "run"), "--data", str(folder / "test.csv"), "--output-dir", str(out), "--overwrite"], cwd=ROOT, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "textlora",
+            "evaluate",
+            "--model",
+            str(folder / "run"),
+            "--data",
+            str(folder / "test.csv"),
+            "--output-dir",
+            str(out),
+            "--overwrite",
+        ],
+        cwd=ROOT,
+        check=True,
+    )
     m = json.loads((out / "metrics.json").read_text())
     result = {k: m[k] for k in ("accuracy", "micro_f1", "macro_f1", "n") if k in m}
-    result |= {"train_rows": TRAIN_ROWS, "test_rows": TEST_ROWS, "epochs": 1, "train_s": round(train_s, 1), "per_class_f1": {c: round(v["f1"], 4) for c, v in m["per_class"].items()}}
+    result |= {
+        "train_rows": TRAIN_ROWS,
+        "test_rows": TEST_ROWS,
+        "epochs": 1,
+        "train_s": round(train_s, 1),
+        "per_class_f1": {c: round(v["f1"], 4) for c, v in m["per_class"].items()},
+    }
     return result
 
 

@@ -90,7 +90,7 @@ def test_budget_verb(run, capsys):
 def test_save_load_gives_identical_logits(run):
     """The run directory alone reproduces the trained model's outputs."""
     from textlora.models import load_classifier
-    from textlora.predict import encode_texts, predict_logits
+    from textlora.runtime import encode_texts, predict_logits
 
     texts = make_texts(5, seed=9)["text"].tolist()
     merged, tok, _, _ = load_classifier(run / "run", merge=True)

@@ -20,7 +20,7 @@ def test_yaml_and_dotted_overrides(tmp_path):
     assert cfg.train.learning_rate == pytest.approx(1e-4)
 
 
-def test_every_notebook_knob_is_expressible(tmp_path):
+def test_every_notebook_knob_is_expressible(tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text(
         """
@@ -37,6 +37,8 @@ seed: 1
     )
     cfg = load_config(path)
     assert cfg.lora.bias == "all" and cfg.train.gradient_checkpointing and cfg.train.metric_for_best == "macro_f1"
+    assert not hasattr(cfg.train, "num_workers")  # a retired setting: old configs still load, with a note
+    assert "train.num_workers is ignored" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -55,7 +55,7 @@ def ml_run(tmp_path_factory, tiny_bert):
 def test_metrics_agree_with_scikit_learn():
     from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
-    from textlora.evaluate import compute_multilabel_metrics
+    from textlora.metrics import compute_multilabel_metrics
 
     rng = np.random.default_rng(0)
     for _ in range(20):

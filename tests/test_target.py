@@ -182,7 +182,7 @@ def test_metrics_match_scikit_learn(seed):
     """Macro-F1 follows scikit-learn's rule: the mean over the classes in y_true or y_pred."""
     from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-    from textlora.evaluate import compute_metrics
+    from textlora.metrics import compute_metrics
 
     rng = np.random.default_rng(seed)
     y_true = rng.integers(0, 3, 40)  # class 3 never occurs in y_true

@@ -1,27 +1,30 @@
 """textlora: LoRA text classifiers under a trainable-parameter budget.
 
-The public API mirrors the CLI verbs.
+The public API mirrors the CLI verbs. Its names are imported on first use, so that importing one
+submodule (``textlora.config``, say) does not import them all.
 """
 
-__version__ = "0.1.0"
+from textlora.version import __version__
 
-from textlora.config import Config, load_config  # noqa: E402
-from textlora.errors import UserError  # noqa: E402
-from textlora.evaluate import compute_metrics, evaluate  # noqa: E402
-from textlora.models import count_trainable, load_classifier  # noqa: E402
-from textlora.predict import Classifier, load, predict  # noqa: E402
-from textlora.train import train  # noqa: E402
+_API = {
+    "Classifier": "textlora.predict",
+    "Config": "textlora.config",
+    "UserError": "textlora.errors",
+    "compute_metrics": "textlora.metrics",
+    "count_trainable": "textlora.models",
+    "evaluate": "textlora.evaluate",
+    "load": "textlora.predict",
+    "load_classifier": "textlora.models",
+    "load_config": "textlora.config",
+    "predict": "textlora.predict",
+    "train": "textlora.train",
+}
+__all__ = ["__version__", *_API]
 
-__all__ = [
-    "Classifier",
-    "Config",
-    "UserError",
-    "compute_metrics",
-    "count_trainable",
-    "evaluate",
-    "load",
-    "load_classifier",
-    "load_config",
-    "predict",
-    "train",
-]
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'textlora' has no attribute {name!r}")

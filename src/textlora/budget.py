@@ -183,28 +183,37 @@ def _label_names(config) -> list[str]:
     return label_names_for(frame.labels, None, config.data.train)
 
 
-def resolve_auto_lora(config, model) -> None:
-    """Fill ``config.lora`` and ``config.model.head`` from the plan where they say ``auto``.
+def planned(config, model):
+    """A copy of ``config`` with ``lora`` and ``model.head`` taken from the plan where they say ``auto``.
 
-    ``model`` is the base model with its standard head. The resolved values are saved with the run.
+    ``model`` is the base model with its standard head (random weights are enough). ``config`` is
+    not modified.
     """
+    import copy
+
+    config = copy.deepcopy(config)
     budget = config.budget.max_trainable_params
     if config.model.head == "auto":
         config.model.head = choose_head(model, budget, config.model.head_hidden)
     if config.lora.auto:
-        apply_plan(config, choose_plan(model, budget, config.model.head, config.lora.method, config.model.head_hidden))
+        config = with_plan(config, choose_plan(model, budget, config.model.head, config.lora.method, config.model.head_hidden))
+    return config
 
 
-def apply_plan(config, plan: Plan) -> None:
-    """Write ``plan`` into ``config`` (head, rank, alpha = 2r, targets, bias); nothing is left on auto."""
+def with_plan(config, plan: Plan):
+    """A copy of ``config`` with ``plan`` in it (head, rank, alpha = 2r, targets, bias); nothing is left on auto."""
+    import copy
+
+    config = copy.deepcopy(config)
     config.model.head = plan.head_kind
     config.lora.r, config.lora.alpha = plan.r, 2 * plan.r
     config.lora.target_modules, config.lora.bias = plan.target_modules, plan.bias
     config.lora.auto = False
+    return config
 
 
-def _plan_table(config, base, num_labels: int) -> str:
-    """The plan, the options it chose among, and how to use it (resolves ``config`` to the plan)."""
+def _plan_table(config, base, num_labels: int) -> tuple[str, Plan]:
+    """The plan, the options it chose among, and how to use it; and the plan itself."""
     from textlora.heads import HEADS
 
     budget, hidden = config.budget.max_trainable_params, config.model.head_hidden
@@ -234,12 +243,11 @@ def _plan_table(config, base, num_labels: int) -> str:
                 options = plan_options(base, budget, head_kind, method, hidden)
                 if options:
                     show(options[0])
-    apply_plan(config, chosen)
     lines.append(
         f"use it: lora: auto, or --model.head {chosen.head_kind} --lora.method {chosen.method} --lora.r {chosen.r} --lora.alpha {2 * chosen.r} "
         f"--lora.target_modules '[{', '.join(chosen.target_modules)}]' --lora.bias {chosen.bias}"
     )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n", chosen
 
 
 def budget(config_path: str | None, overrides: list[str] | None = None, plan: bool = False, max_trainable_params: int | None = None) -> str:
@@ -257,10 +265,13 @@ def budget(config_path: str | None, overrides: list[str] | None = None, plan: bo
     if max_trainable_params is not None:
         config.budget.max_trainable_params = max_trainable_params
     names = _label_names(config)
-    if plan or config.lora.auto:
-        header = _plan_table(config, load_base_model(config.model.name, names, weights=False), len(names))
-    else:
-        header = ""
+    header = ""
+    if plan or config.lora.auto or config.model.head == "auto":
+        base = load_base_model(config.model.name, names, weights=False)
+        if plan or config.lora.auto:  # the breakdown below is then the plan's
+            header, chosen = _plan_table(config, base, len(names))
+            config = with_plan(config, chosen)
+        config = planned(config, base)  # a head left on auto
     _, breakdown = build_model(config, names, weights=False)
     return header + (
         f"model {config.model.name}, {len(names)} classes, head {config.model.head}, {config.lora.method} r={config.lora.r} on {', '.join(config.lora.target_modules)}, bias {config.lora.bias}\n"

@@ -288,7 +288,7 @@ def _doc(target: str) -> str:
 
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="textlora", description="Train, evaluate and run LoRA text classifiers under a parameter budget.")
-    from textlora import __version__
+    from textlora.version import __version__
 
     parser.add_argument("--version", action="version", version=f"textlora {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")

@@ -8,6 +8,7 @@ the wrong type is a :class:`UserError` naming the key.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -114,7 +115,6 @@ class TrainConfig:
     save_total_limit: int = 2  # checkpoints kept (the best one is always kept)
     metric_for_best: str = "accuracy"  # accuracy | macro_f1 | loss on the dev split, or SET.accuracy (etc.) for a data.eval_sets entry
     early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0 = never
-    num_workers: int = 0  # dataloader workers; 0 = in the main process (batches are pre-tokenized)
     label_smoothing: float = 0.0
     class_weights: str = "none"  # none | balanced (loss weights n_rows / (n_classes * n_rows_of_class))
 
@@ -142,7 +142,6 @@ class TrainConfig:
             self.metric_for_best,
         )
         _check(self.early_stopping_patience >= 0, "train.early_stopping_patience", "an integer >= 0", self.early_stopping_patience)
-        _check(self.num_workers >= 0, "train.num_workers", "an integer >= 0", self.num_workers)
         _check(0 <= self.label_smoothing < 1, "train.label_smoothing", "a number in [0, 1)", self.label_smoothing)
         _check(self.class_weights in ("none", "balanced"), "train.class_weights", "none or balanced", self.class_weights)
 
@@ -245,10 +244,18 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+# Settings that textlora no longer has: accepted (old configs and runs keep loading) and ignored.
+RETIRED = {("train", "num_workers"): "batches are tokenized up front; there were never any workers"}
+
+
 def config_from_dict(raw: dict[str, Any]) -> Config:
     """Build and validate a Config from a nested dict (as read from YAML)."""
     if raw.get("lora") == "auto":  # `lora: auto` is short for letting the budget planner choose
         raw = {**raw, "lora": {"auto": True}}
+    for (section, key), why in RETIRED.items():
+        if isinstance(raw.get(section), dict) and key in raw[section]:
+            raw = {**raw, section: {k: v for k, v in raw[section].items() if k != key}}
+            print(f"textlora: config: {section}.{key} is ignored ({why})", file=sys.stderr)
     return _build(Config, raw, "")
 
 

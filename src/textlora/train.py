@@ -23,12 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from textlora import __version__
-from textlora.config import Config, save_config
+from textlora.config import Config
 from textlora.errors import UserError
-from textlora.evaluate import metrics_from_logits
-from textlora.fsutil import atomic_dir, atomic_path, file_digest, hold_lock
-from textlora.predict import encode_texts, pad_batch, predict_logits, resolve_precision
+from textlora.fsutil import atomic_dir, file_digest, hold_lock
+from textlora.metrics import metrics_from_logits
+from textlora.resolve import resolve
+from textlora.run import clear_run, is_run_dir, write_run
+from textlora.runtime import autocast, encode_texts, finish_distributed, init_distributed, make_scheduler, pad_batch, predict_logits, resolve_precision
+from textlora.version import __version__
 
 MEGA_BATCH = 50  # length grouping sorts within shuffled windows of this many batches
 # Settings that may change between a checkpoint and its resume; any other difference is refused.
@@ -36,7 +38,6 @@ RESUMABLE_CHANGES = {
     "output_dir",
     "train.eval_batch_size",
     "train.logging_steps",
-    "train.num_workers",
     "train.save_total_limit",
     "train.early_stopping_patience",
 }
@@ -59,85 +60,6 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -
         chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
-
-
-def length_from_percentile(tokenizer, texts: list[str], cap: int, percentile: float) -> int:
-    """The ``percentile`` of the texts' token lengths, rounded up to a multiple of 8, at most ``cap``."""
-    sample = texts[:: max(1, len(texts) // 5000)]  # a few thousand texts give the percentile well
-    lengths = [len(ids) for ids in tokenizer(sample, truncation=True, max_length=cap)["input_ids"]]
-    return int(min(cap, max(8, -(-int(np.percentile(lengths, percentile)) // 8) * 8)))
-
-
-# --- distributed -------------------------------------------------------------------------
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def any_flag(self, flag: bool) -> bool:
-        """True on every rank if any rank raised ``flag`` (e.g. a signal arrived)."""
-        if self.world == 1:
-            return flag
-        import torch
-        import torch.distributed as dist
-
-        t = torch.tensor([int(flag)])
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
-
-    def broadcast_flag(self, flag: bool) -> bool:
-        """Rank 0's decision, shared with every rank (e.g. early stopping)."""
-        if self.world == 1:
-            return flag
-        import torch
-        import torch.distributed as dist
-
-        t = torch.tensor([int(flag)])
-        dist.broadcast(t, 0)
-        return bool(t.item())
-
-
-def init_distributed():
-    """Start the process group when launched by torchrun/accelerate (WORLD_SIZE > 1)."""
-    import torch
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist(), None
-    import torch.distributed as dist
-
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-        backend = "nccl"
-    else:
-        device = torch.device("cpu")
-        backend = "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
-    return Dist(rank, world, local_rank), device
-
-
-def finish_distributed(dist_info: Dist) -> None:
-    if dist_info.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 # --- interruption ------------------------------------------------------------------------
@@ -372,13 +294,6 @@ def _setup_optimizer(model, cfg):
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=False)
 
 
-def _setup_scheduler(optimizer, cfg, total_steps: int):
-    from transformers import get_scheduler
-
-    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.lr_scheduler]
-    return get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps)
-
-
 def _evaluate(model, val_encoded, val_labels, pad_id, cfg, precision, device, label_names) -> dict:
     import torch
 
@@ -402,16 +317,8 @@ def _check_output_dir(out: Path, resume: str, overwrite: bool) -> None:
         return
     if out.exists() and not out.is_dir():
         raise UserError(f"output_dir {out}: exists and is not a directory")
-    holds_run = out.is_dir() and any((out / n).exists() for n in ("checkpoints", "textlora.json"))
-    if holds_run and not overwrite:
+    if is_run_dir(out) and not overwrite:
         raise UserError(f"output_dir {out}: already holds a run; pass --resume last to continue it or --overwrite to start again")
-
-
-def _clear_old_run(out: Path) -> None:
-    """With --overwrite, once the inputs have been checked: the old run's checkpoints must not mix with the new ones."""
-    (out / "textlora.json").unlink(missing_ok=True)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    shutil.rmtree(out / "logs", ignore_errors=True)
 
 
 def train(config: Config, resume: str = "none", overwrite: bool = False) -> Path:
@@ -444,11 +351,7 @@ def train(config: Config, resume: str = "none", overwrite: bool = False) -> Path
 
     # _setup_data: read, split, tokenize once
     splits = load_splits(config.data, config.seed)
-    if config.lora.auto or config.model.head == "auto":  # the plan depends on the model's shapes and the number of classes
-        from textlora.budget import resolve_auto_lora
-        from textlora.models import load_base_model
-
-        resolve_auto_lora(config, load_base_model(config.model.name, splits.label_names, weights=False))
+    config = resolve(config, splits.label_names, splits.train_texts)
     if ckpt is not None:
         saved = json.loads((ckpt / "state.json").read_text())["config"]
         diffs = config_differences(saved, config.to_dict())
@@ -456,9 +359,6 @@ def train(config: Config, resume: str = "none", overwrite: bool = False) -> Path
             raise UserError(f"--resume {resume}: checkpoint {ckpt.name} was made with a different config ({'; '.join(diffs[:3])})")
     tokenizer = load_tokenizer(config.model.name)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    if config.model.max_length_percentile is not None:  # resolved from the data, saved with the run
-        config.model.max_length = length_from_percentile(tokenizer, splits.train_texts, config.model.max_length, config.model.max_length_percentile)
-        config.model.max_length_percentile = None
     train_enc = encode_texts(tokenizer, splits.train_texts, config.model.max_length)
     val_enc = encode_texts(tokenizer, splits.val_texts, config.model.max_length)
     sets_enc = {name: (encode_texts(tokenizer, texts, config.model.max_length), labels) for name, (texts, labels) in splits.eval_sets.items()}
@@ -485,7 +385,7 @@ def train(config: Config, resume: str = "none", overwrite: bool = False) -> Path
     steps_per_epoch = math.ceil(per_rank / cfg.grad_accum)
     total_steps = cfg.max_steps or math.ceil(steps_per_epoch * cfg.epochs)
     optimizer = _setup_optimizer(core, cfg)
-    scheduler = _setup_scheduler(optimizer, cfg, total_steps)
+    scheduler = make_scheduler(optimizer, cfg.lr_scheduler, cfg.warmup_ratio, total_steps)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     fit = Fit()
     if ckpt is not None:
@@ -503,7 +403,7 @@ def train(config: Config, resume: str = "none", overwrite: bool = False) -> Path
     writer = None
     if dist_info.main:
         if ckpt is None:
-            _clear_old_run(out)
+            clear_run(out)
         out.mkdir(parents=True, exist_ok=True)
         writer = _tensorboard(out / "logs")
         print(
@@ -541,8 +441,6 @@ def train(config: Config, resume: str = "none", overwrite: bool = False) -> Path
                         sync = j == len(micro) - 1 or dist_info.world == 1
                         ctx = model.no_sync() if not sync else _null()
                         with ctx:
-                            from textlora.predict import autocast
-
                             with autocast(precision, device):
                                 logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
                             loss = loss_fn(logits.float(), y) / len(micro)
@@ -702,11 +600,7 @@ def _progress(total: int, initial: int, enabled: bool):
 
 
 def _write_run_dir(core, tokenizer, config, splits, breakdown, fit, out: Path, precision: str, total_steps: int) -> None:
-    """Load the best checkpoint's weights and write the self-contained run directory."""
-
-    from textlora.data import dev_table
-    from textlora.report import model_card
-
+    """Load the best checkpoint's weights and write the self-contained run directory (see textlora.run)."""
     if fit.best_checkpoint:
         load_trainable(core, out / "checkpoints" / fit.best_checkpoint)
     best = next((h for h in fit.history if f"step-{h['step']:08d}" == fit.best_checkpoint), None)
@@ -722,25 +616,4 @@ def _write_run_dir(core, tokenizer, config, splits, breakdown, fit, out: Path, p
         "trainable_params": breakdown.as_dict(),
         "data": splits.counts,
     }
-    with atomic_dir(out / ".final") as tmp:
-        core.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-    for f in (out / ".final").iterdir():
-        os.replace(f, out / f.name)
-    shutil.rmtree(out / ".final", ignore_errors=True)
-    files = {
-        "labels.json": json.dumps(splits.label_names),
-        "metrics.json": json.dumps(metrics, indent=2),
-        "README.md": model_card(config, splits, breakdown, metrics),
-    }
-    for name, text in files.items():
-        with atomic_path(out / name) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-    with atomic_path(out / "config.yaml") as tmp:
-        save_config(config, tmp)
-    with atomic_path(out / "dev.csv") as tmp:
-        dev_table(splits.val_texts, splits.val_labels, config.data, splits.label_names).to_csv(tmp, index=False)
-    with atomic_path(out / "textlora.json") as tmp:  # written last: its presence marks a complete run
-        from textlora.models import RUN_FORMAT
-
-        tmp.write_text(json.dumps({"format": RUN_FORMAT, "textlora_version": __version__}))
+    write_run(out, core, tokenizer, config, splits, breakdown, metrics)

@@ -47,7 +47,7 @@ class AdaptConfig:
 def _lm_batches(tokenizer, texts: list[str], max_length: int, batch_size: int, rng=None):
     """(input_ids, attention_mask, labels) batches, each text followed by EOS, sorted/grouped by length."""
 
-    from textlora.predict import pad_batch, sorted_batches
+    from textlora.runtime import pad_batch, sorted_batches
 
     enc = tokenizer(texts, truncation=True, max_length=max_length - 1)["input_ids"]
     enc = [e + [tokenizer.eos_token_id] for e in enc]
@@ -64,7 +64,7 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int, precision: s
     """exp(mean token negative log-likelihood) over ``texts``."""
     import torch
 
-    from textlora.predict import autocast
+    from textlora.runtime import autocast
 
     model.eval()
     total, count = 0.0, 0
@@ -92,7 +92,7 @@ def adapt(config: AdaptConfig, overwrite: bool = False, reuse: bool = False) -> 
     from textlora.augment.lm import load_causal_lm, resolve_causal_lm
     from textlora.data import read_texts, same_text, texts_in
     from textlora.fsutil import atomic_dir, fingerprint
-    from textlora.predict import autocast, default_device, resolve_precision
+    from textlora.runtime import autocast, default_device, resolve_precision
 
     out = Path(config.output_dir)
     key = fingerprint(asdict(config), [config.texts, *config.exclude, resolve_causal_lm(config.model)])

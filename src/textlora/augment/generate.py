@@ -128,7 +128,7 @@ def generate(config: GenerateConfig, overwrite: bool = False, label_names: list[
 
     from textlora.augment.lm import load_causal_lm, resolve_causal_lm
     from textlora.fsutil import atomic_path, fingerprint
-    from textlora.predict import default_device, resolve_precision
+    from textlora.runtime import default_device, resolve_precision
 
     out = Path(config.output)
     if out.suffix.lower() not in (".csv", ".parquet"):

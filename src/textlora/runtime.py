@@ -1,0 +1,212 @@
+"""The runtime every verb shares: tokenizing and batching, precision and devices, the inference
+loop, class probabilities, the LR schedule, and the distributed helpers (torchrun/accelerate).
+
+A leaf module: it imports nothing else from textlora but its errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from textlora.errors import UserError
+
+THRESHOLD = 0.5  # multi-label: a class is predicted when its sigmoid probability reaches this
+PAD_MULTIPLE = 8  # pad batches to a multiple of this: fewer distinct shapes, friendlier kernels
+
+
+def encode_texts(tokenizer, texts: list, max_length: int) -> list[list[int]]:
+    """Token ids per text, truncated to ``max_length``, unpadded.
+
+    A (text, pair text) tuple is tokenized as a pair ([CLS] a [SEP] b [SEP] for BERT), the longer
+    side truncated first. Batches carry input ids and the attention mask only, so token type ids
+    stay 0 in training and at prediction alike (and in ONNX exports).
+    """
+    texts = list(texts)
+    if texts and isinstance(texts[0], tuple):
+        return tokenizer([a for a, _ in texts], [b for _, b in texts], truncation="longest_first", max_length=max_length)["input_ids"]
+    return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int):
+    """(input_ids, attention_mask) as int64 tensors, padded on the right to a multiple of 8."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    width = -(-width // PAD_MULTIPLE) * PAD_MULTIPLE
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def resolve_precision(precision: str, device) -> str:
+    """Pick bf16/fp16/fp32 for ``precision='auto'``: bf16 on CPUs with native bf16 and on bf16 GPUs."""
+    import torch
+
+    if precision != "auto":
+        if device.type == "cpu" and precision == "fp16":
+            raise UserError("config: train.precision: fp16 is for CUDA devices; use bf16 or fp32 on the CPU")
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    cpu_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return "bf16" if cpu_bf16 else "fp32"
+
+
+def autocast(precision: str, device):
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def default_device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sorted_batches(lengths: list[int] | np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Index batches, longest texts first, so that each batch holds texts of similar length."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def predict_logits(
+    model, encoded: list[list[int]], pad_id: int, *, batch_size: int = 32, precision: str = "auto", device=None, progress: bool = False
+) -> np.ndarray:
+    """Logits (float32, shape [N, num_labels]) for pre-tokenized texts, in input order."""
+    import torch
+
+    device = device or next(model.parameters()).device
+    precision = resolve_precision(precision, device)
+    out = None
+    was_training = model.training
+    model.eval()
+    batches = sorted_batches([len(s) for s in encoded], batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="predict", unit="batch", mininterval=2)
+    with torch.inference_mode(), autocast(precision, device):
+        for idx in batches:
+            ids, mask = pad_batch([encoded[i] for i in idx], pad_id)
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu().numpy()
+            if out is None:
+                out = np.empty((len(encoded), logits.shape[1]), dtype=np.float32)
+            out[idx] = logits
+    model.train(was_training)
+    return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def probabilities(logits: np.ndarray, config) -> np.ndarray:
+    """Class probabilities: a softmax over the classes, or one sigmoid a class for a multi-label run."""
+    if config.data.multi_label:
+        return sigmoid(logits)
+    return softmax(logits)
+
+
+def chosen(probs: np.ndarray, config) -> list:
+    """Each row's prediction: a class index, or for a multi-label run the list of classes at or above the threshold."""
+    if config.data.multi_label:
+        return [np.flatnonzero(p >= THRESHOLD).tolist() for p in probs]
+    return probs.argmax(axis=1).tolist()
+
+
+def make_scheduler(optimizer, kind: str, warmup_ratio: float, total_steps: int):
+    """The LR schedule of ``train`` and ``adapt``: linear warmup over ``warmup_ratio`` of the steps, then ``kind``
+    (linear or cosine decay, or constant)."""
+    from transformers import get_scheduler
+
+    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[kind]
+    return get_scheduler(name, optimizer, num_warmup_steps=int(warmup_ratio * total_steps), num_training_steps=total_steps)
+
+
+# --- distributed -------------------------------------------------------------------------
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def any_flag(self, flag: bool) -> bool:
+        """True on every rank if any rank raised ``flag`` (e.g. a signal arrived)."""
+        if self.world == 1:
+            return flag
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([int(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def broadcast_flag(self, flag: bool) -> bool:
+        """Rank 0's decision, shared with every rank (e.g. early stopping)."""
+        if self.world == 1:
+            return flag
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([int(flag)])
+        dist.broadcast(t, 0)
+        return bool(t.item())
+
+
+def init_distributed():
+    """Start the process group when launched by torchrun/accelerate (WORLD_SIZE > 1)."""
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), None
+    import torch.distributed as dist
+
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+        backend = "nccl"
+    else:
+        device = torch.device("cpu")
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return Dist(rank, world, local_rank), device
+
+
+def finish_distributed(dist_info: Dist) -> None:
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
