@@ -10,19 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from textlora.errors import UserError
-
-_WRITES = {"n": 0}
-
-
-def _disk_fault() -> None:
-    """Test hook: TEXTLORA_FAULT=enospc:N makes the N-th atomic write of this process fail as a full disk would."""
-    import errno
-
-    spec = os.environ.get("TEXTLORA_FAULT", "")
-    if spec.startswith("enospc:"):
-        _WRITES["n"] += 1
-        if _WRITES["n"] == int(spec.split(":")[1]):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+from textlora.faults import fault
 
 
 @contextlib.contextmanager
@@ -66,7 +54,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     try:
         with _no_space_is_one_line(final):
             yield tmp
-            _disk_fault()
+            fault("enospc")
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
@@ -89,7 +77,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     try:
         with _no_space_is_one_line(final):
             yield tmp
-            _disk_fault()
+            fault("enospc")
         for p in tmp.rglob("*"):
             if p.is_file():
                 with open(p, "rb+") as f:

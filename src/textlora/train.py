@@ -12,10 +12,9 @@ with the same learning-rate schedule.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -23,24 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
+from textlora.checkpoints import config_differences, load_trainable, pick_checkpoint, save_checkpoint, set_rng_state
 from textlora.config import Config
 from textlora.errors import UserError
-from textlora.fsutil import atomic_dir, file_digest, hold_lock
+from textlora.faults import fault
+from textlora.fsutil import hold_lock
 from textlora.metrics import metrics_from_logits
 from textlora.resolve import resolve
 from textlora.run import clear_run, is_run_dir, write_run
-from textlora.runtime import autocast, encode_texts, finish_distributed, init_distributed, make_scheduler, pad_batch, predict_logits, resolve_precision
+from textlora.runtime import Dist, autocast, encode_texts, finish_distributed, init_distributed, make_scheduler, pad_batch, predict_logits, resolve_precision
 from textlora.version import __version__
 
 MEGA_BATCH = 50  # length grouping sorts within shuffled windows of this many batches
-# Settings that may change between a checkpoint and its resume; any other difference is refused.
-RESUMABLE_CHANGES = {
-    "output_dir",
-    "train.eval_batch_size",
-    "train.logging_steps",
-    "train.save_total_limit",
-    "train.early_stopping_patience",
-}
 
 
 # --- batching ----------------------------------------------------------------------------
@@ -97,156 +90,6 @@ class _Signals:
 
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
-
-
-_FAULTS: dict[str, int] = {}
-
-
-def _fault(point: str) -> None:
-    """Test hook: TEXTLORA_FAULT=point:N kills this process with SIGKILL at the N-th ``point``.
-
-    Points: ``step`` (after backward, before the optimizer step), ``eval`` (during an
-    evaluation) and ``checkpoint`` (half-way through writing a checkpoint).
-    """
-    spec = os.environ.get("TEXTLORA_FAULT")
-    if not spec or not spec.startswith(point + ":"):
-        return
-    _FAULTS[point] = _FAULTS.get(point, 0) + 1
-    if _FAULTS[point] == int(spec.split(":")[1]):
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-# --- checkpoints -------------------------------------------------------------------------
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def config_differences(saved: dict, current: dict) -> list[str]:
-    a, b = _flat(saved), _flat(current)
-    keys = sorted(set(a) | set(b))
-    return [f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in keys if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES]
-
-
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (a checkpoint is complete once its state.json exists)."""
-    root = output_dir / "checkpoints"
-    if not root.is_dir():
-        return []
-    for stale in root.glob(".step-*"):  # temp dirs of checkpoint writes that were killed half-way
-        shutil.rmtree(stale, ignore_errors=True)
-    found = [p for p in root.glob("step-*") if p.is_dir() and (p / "state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def trainable_state(model) -> dict:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def save_checkpoint(output_dir: Path, model, optimizer, scheduler, state: dict, keep: int) -> Path:
-    """Write a checkpoint atomically (temp dir, fsync, rename), then prune old ones (never the best)."""
-    import torch
-    from safetensors.torch import save_file
-
-    final = output_dir / "checkpoints" / f"step-{state['global_step']:08d}"
-    with atomic_dir(final) as tmp:
-        save_file({n: t.contiguous() for n, t in trainable_state(model).items()}, str(tmp / "trainable.safetensors"))
-        _fault("checkpoint")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()}, tmp / "optim.pt")
-        sums = {name: file_digest(tmp / name) for name in ("trainable.safetensors", "optim.pt")}
-        (tmp / "state.json").write_text(json.dumps({**state, "checksums": sums}, indent=1))
-    best = state.get("best_checkpoint")
-    for old in list_checkpoints(output_dir)[:-keep]:
-        if old.name != best:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _rng_state() -> dict:
-    import random
-
-    import torch
-
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def _set_rng_state(s: dict) -> None:
-    import random
-
-    import torch
-
-    torch.set_rng_state(s["torch"])
-    random.setstate(s["python"])
-    if s.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-def load_trainable(model, ckpt: Path) -> None:
-    from safetensors.torch import load_file
-
-    weights = load_file(str(ckpt / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
-    if missing or set(weights) - set(params):
-        raise UserError(f"checkpoint {ckpt}: its weights do not match this model (e.g. {(missing or sorted(set(weights) - set(params)))[0]})")
-    import torch
-
-    with torch.no_grad():
-        for n, t in weights.items():
-            params[n].copy_(t)
-
-
-def checkpoint_damage(ckpt: Path) -> str | None:
-    """What is wrong with a checkpoint's files (a missing file or a checksum mismatch), or None."""
-    try:
-        sums = json.loads((ckpt / "state.json").read_text()).get("checksums", {})
-    except (OSError, ValueError):
-        return "state.json is unreadable"
-    for name, digest in sums.items():
-        if not (ckpt / name).is_file():
-            return f"{name} is missing"
-        if file_digest(ckpt / name) != digest:
-            return f"{name} does not match its checksum"
-    return None
-
-
-def pick_checkpoint(output_dir: Path, resume: str) -> Path | None:
-    """The checkpoint to resume from: ``last`` is the newest undamaged one (a damaged newer one is
-    skipped with a warning); ``best`` must be undamaged."""
-    if resume == "none":
-        return None
-    ckpts = list_checkpoints(output_dir)
-    if not ckpts:
-        raise UserError(f"--resume {resume}: no complete checkpoint in {output_dir / 'checkpoints'}")
-    if resume == "last":
-        for ckpt in reversed(ckpts):
-            damage = checkpoint_damage(ckpt)
-            if damage is None:
-                return ckpt
-            print(f"warning: checkpoint {ckpt.name} is damaged ({damage}); trying an older one", flush=True)
-        raise UserError(f"--resume last: every checkpoint in {output_dir / 'checkpoints'} is damaged; start again with --overwrite")
-    best = None
-    for ckpt in reversed(ckpts):  # the newest readable state names the best checkpoint
-        try:
-            best = json.loads((ckpt / "state.json").read_text()).get("best_checkpoint")
-            break
-        except (OSError, ValueError):
-            continue
-    if best is None or not (output_dir / "checkpoints" / best).is_dir():
-        raise UserError(f"--resume best: the best checkpoint recorded in {ckpts[-1]} is missing")
-    damage = checkpoint_damage(output_dir / "checkpoints" / best)
-    if damage:
-        raise UserError(f"--resume best: checkpoint {best} is damaged ({damage}); use --resume last")
-    return output_dir / "checkpoints" / best
 
 
 # --- the recipe --------------------------------------------------------------------------
@@ -321,11 +164,49 @@ def _check_output_dir(out: Path, resume: str, overwrite: bool) -> None:
         raise UserError(f"output_dir {out}: already holds a run; pass --resume last to continue it or --overwrite to start again")
 
 
+@dataclass
+class Session:
+    """One training run's state, passed from step to step (the recipe's ``self``)."""
+
+    config: Config
+    resume: str
+    out: Path
+    dist: Dist
+    device: object  # torch.device
+    precision: str
+    ckpt: Path | None = None  # the checkpoint to resume from
+    # _setup_data
+    splits: object = None  # textlora.data.Splits
+    tokenizer: object = None
+    pad_id: int = 0
+    train_enc: list = field(default_factory=list)
+    val_enc: list = field(default_factory=list)
+    sets_enc: dict = field(default_factory=dict)  # eval set name -> (token ids, labels)
+    lengths: np.ndarray | None = None
+    # _setup_model
+    core: object = None  # the peft model
+    model: object = None  # core, or core wrapped in DDP
+    breakdown: object = None
+    # _setup_schedule
+    per_rank: int = 0  # batches each rank takes per epoch
+    steps_per_epoch: int = 0
+    total_steps: int = 0
+    optimizer: object = None
+    scheduler: object = None
+    scaler: object = None
+    fit: Fit = field(default_factory=Fit)
+    writer: object = None  # tensorboard, when installed (rank 0)
+
+
 def train(config: Config, resume: str = "none", overwrite: bool = False) -> Path:
     """Train a LoRA classifier as ``config`` says and write its run directory.
 
+    The recipe, step by step: set up the data (read, split, resolve the config, tokenize), the
+    model (base + LoRA, within the budget), the schedule (optimizer, LR, resume state), then fit
+    (evaluating and checkpointing as it goes) and write the run directory.
+
     Args:
-        config: the resolved configuration (see ``textlora.config``).
+        config: the configuration (see ``textlora.config``); ``auto`` settings are resolved here.
         resume: ``none`` starts afresh; ``last`` or ``best`` continue from that checkpoint in
             ``config.output_dir`` with the same optimizer state, LR schedule and step count.
         overwrite: allow starting afresh in an output_dir that already holds a run.
@@ -335,223 +216,239 @@ def train(config: Config, resume: str = "none", overwrite: bool = False) -> Path
     """
     import torch
 
-    from textlora.data import load_splits
-    from textlora.models import build_model, check_budget, load_tokenizer
-
     if resume not in ("none", "last", "best"):
         raise UserError(f"--resume: expected last, best or none, found {resume!r}")
     dist_info, device = init_distributed()
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = config.train
     out = Path(config.output_dir)
     lock = hold_lock(lock_path(out), what=f"output_dir {out}") if dist_info.main else None  # held until this process ends
     _check_output_dir(out, resume, overwrite)
-    ckpt = pick_checkpoint(out, resume)
-    precision = resolve_precision(cfg.precision, device)
-
-    # _setup_data: read, split, tokenize once
-    splits = load_splits(config.data, config.seed)
-    config = resolve(config, splits.label_names, splits.train_texts)
-    if ckpt is not None:
-        saved = json.loads((ckpt / "state.json").read_text())["config"]
-        diffs = config_differences(saved, config.to_dict())
-        if diffs:
-            raise UserError(f"--resume {resume}: checkpoint {ckpt.name} was made with a different config ({'; '.join(diffs[:3])})")
-    tokenizer = load_tokenizer(config.model.name)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    train_enc = encode_texts(tokenizer, splits.train_texts, config.model.max_length)
-    val_enc = encode_texts(tokenizer, splits.val_texts, config.model.max_length)
-    sets_enc = {name: (encode_texts(tokenizer, texts, config.model.max_length), labels) for name, (texts, labels) in splits.eval_sets.items()}
-    lengths = np.array([len(s) for s in train_enc])
-
-    # _setup_model
-    torch.manual_seed(config.seed)
-    model, breakdown = build_model(config, splits.label_names)
-    check_budget(breakdown, config.budget.max_trainable_params)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    model.to(device)
-    core = model
-    if dist_info.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    # schedule: each rank takes every world-th batch; an optimizer step is grad_accum micro-batches
-    per_rank = len(epoch_batches(lengths, cfg.batch_size, config.seed, 0)) // dist_info.world
-    if per_rank == 0:
-        raise UserError(f"train.batch_size {cfg.batch_size}: too large for {len(lengths)} training rows on {dist_info.world} process(es)")
-    steps_per_epoch = math.ceil(per_rank / cfg.grad_accum)
-    total_steps = cfg.max_steps or math.ceil(steps_per_epoch * cfg.epochs)
-    optimizer = _setup_optimizer(core, cfg)
-    scheduler = make_scheduler(optimizer, cfg.lr_scheduler, cfg.warmup_ratio, total_steps)
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-    fit = Fit()
-    if ckpt is not None:
-        load_trainable(core, ckpt)
-        extra = torch.load(ckpt / "optim.pt", weights_only=False)
-        optimizer.load_state_dict(extra["optimizer"])
-        scheduler.load_state_dict(extra["scheduler"])
-        _set_rng_state(extra["rng"])
-        state = json.loads((ckpt / "state.json").read_text())
-        fit = Fit(**{k: state[k] for k in Fit.__dataclass_fields__})
-        if resume == "best":  # continue from the best: later history is discarded
-            fit.history = [h for h in fit.history if h["step"] <= fit.global_step]
-            fit.train_log = [h for h in fit.train_log if h["step"] <= fit.global_step]
-
-    writer = None
+    s = Session(config, resume, out, dist_info, device, resolve_precision(config.train.precision, device), pick_checkpoint(out, resume))
+    _setup_data(s)
+    _setup_model(s)
+    _setup_schedule(s)
+    _start(s)
+    _fit(s)
     if dist_info.main:
-        if ckpt is None:
-            clear_run(out)
-        out.mkdir(parents=True, exist_ok=True)
-        writer = _tensorboard(out / "logs")
-        print(
-            f"textlora: {len(splits.train_texts):,} train rows, {len(splits.val_texts):,} dev rows, {len(splits.label_names)} classes; "
-            f"{breakdown.total:,} trainable params; {precision} on {device}; {total_steps} steps ({steps_per_epoch}/epoch) x {cfg.batch_size * cfg.grad_accum * dist_info.world} rows"
-            + (f"; resuming at step {fit.global_step} from {ckpt.name}" if ckpt else ""),
-            flush=True,
-        )
-
-    # _fit
-    weights = None
-    if config.data.multi_label:  # one sigmoid a class (class_weights and label_smoothing are refused by the config)
-        loss_fn = torch.nn.BCEWithLogitsLoss()
-    elif cfg.class_weights == "balanced":
-        counts = np.bincount(splits.train_labels, minlength=len(splits.label_names)).astype(np.float32)
-        weights = torch.from_numpy(len(splits.train_labels) / (len(counts) * np.maximum(counts, 1))).to(device)
-    if not config.data.multi_label:
-        loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
-    labels_t = torch.from_numpy(splits.train_labels)
-    model.train()
-    progress = _progress(total_steps, fit.global_step, dist_info.main)
-    stop = fit.global_step >= total_steps
-    try:
-        with _Signals() as signals:
-            t0 = time.perf_counter()
-            window_t = time.perf_counter()
-            while not stop:
-                epoch, step_in_epoch = divmod(fit.global_step, steps_per_epoch)
-                batches = epoch_batches(lengths, cfg.batch_size, config.seed, epoch)[dist_info.rank :: dist_info.world][:per_rank]
-                for step in range(step_in_epoch, steps_per_epoch):
-                    micro = batches[step * cfg.grad_accum : (step + 1) * cfg.grad_accum]
-                    for j, idx in enumerate(micro):
-                        ids, mask = pad_batch([train_enc[i] for i in idx], pad_id)
-                        y = labels_t[idx].to(device)
-                        sync = j == len(micro) - 1 or dist_info.world == 1
-                        ctx = model.no_sync() if not sync else _null()
-                        with ctx:
-                            with autocast(precision, device):
-                                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-                            loss = loss_fn(logits.float(), y) / len(micro)
-                            (scaler.scale(loss) if scaler else loss).backward()
-                        fit.window_loss += loss.item() * len(micro) * len(idx)
-                        fit.window_rows += len(idx)
-                    _fault("step")
-                    if scaler:
-                        scaler.unscale_(optimizer)
-                    if cfg.max_grad_norm > 0:
-                        torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.max_grad_norm)
-                    if scaler:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    fit.global_step += 1
-                    progress.update(1)
-                    if fit.global_step % cfg.logging_steps == 0 and dist_info.main:
-                        rate = fit.window_rows * dist_info.world / max(time.perf_counter() - window_t, 1e-9)
-                        entry = {
-                            "step": fit.global_step,
-                            "epoch": round(fit.global_step / steps_per_epoch, 4),
-                            "loss": fit.window_loss / max(fit.window_rows, 1),
-                            "lr": scheduler.get_last_lr()[0],
-                            "rows_per_s": rate,
-                        }
-                        fit.train_log.append(entry)
-                        _log_scalars(writer, "train", entry)
-                        progress.set_postfix(loss=f"{entry['loss']:.4f}", rows_s=f"{rate:.0f}")
-                        fit.window_loss, fit.window_rows, window_t = 0.0, 0, time.perf_counter()
-                    end_of_epoch = step == steps_per_epoch - 1
-                    last = fit.global_step >= total_steps
-                    due = (cfg.eval_strategy == "steps" and fit.global_step % cfg.eval_steps == 0) or (cfg.eval_strategy == "epoch" and end_of_epoch) or last
-                    if due:
-                        fit.train_seconds += time.perf_counter() - t0
-                        stop = _eval_and_checkpoint(
-                            core,
-                            fit,
-                            out,
-                            optimizer,
-                            scheduler,
-                            config,
-                            dist_info,
-                            writer,
-                            val_enc,
-                            sets_enc,
-                            splits,
-                            pad_id,
-                            precision,
-                            device,
-                            steps_per_epoch,
-                        )
-                        t0 = time.perf_counter()
-                        window_t = time.perf_counter()
-                    if last or stop:
-                        stop = True
-                        break
-                    if dist_info.any_flag(bool(signals.received)):
-                        saved = (
-                            save_checkpoint(
-                                out,
-                                core,
-                                optimizer,
-                                scheduler,
-                                {**fit.__dict__, "config": config.to_dict(), "textlora_version": __version__},
-                                cfg.save_total_limit,
-                            )
-                            if dist_info.main
-                            else out
-                        )
-                        progress.close()
-                        dist_info.barrier()
-                        raise TrainingInterrupted(signals.received or signal.SIGTERM, fit.global_step, saved)
-    finally:  # an error message starts on a line of its own, not after the progress bar
-        progress.close()
-    if dist_info.main:
-        if writer:
-            writer.close()
-        _write_run_dir(core, tokenizer, config, splits, breakdown, fit, out, precision, total_steps)
+        _write_run_dir(s)
     finish_distributed(dist_info)
     if lock is not None:
         lock.close()
     return out
 
 
-def _null():
-    import contextlib
+def _setup_data(s: Session) -> None:
+    """Read and split the data, resolve the config, check it against a resumed checkpoint, tokenize once."""
+    from textlora.data import load_splits
+    from textlora.models import load_tokenizer
 
-    return contextlib.nullcontext()
+    s.splits = load_splits(s.config.data, s.config.seed)
+    s.config = resolve(s.config, s.splits.label_names, s.splits.train_texts)
+    if s.ckpt is not None:
+        saved = json.loads((s.ckpt / "state.json").read_text())["config"]
+        diffs = config_differences(saved, s.config.to_dict())
+        if diffs:
+            raise UserError(f"--resume {s.resume}: checkpoint {s.ckpt.name} was made with a different config ({'; '.join(diffs[:3])})")
+    s.tokenizer = load_tokenizer(s.config.model.name)
+    s.pad_id = s.tokenizer.pad_token_id if s.tokenizer.pad_token_id is not None else 0
+    max_length = s.config.model.max_length
+    s.train_enc = encode_texts(s.tokenizer, s.splits.train_texts, max_length)
+    s.val_enc = encode_texts(s.tokenizer, s.splits.val_texts, max_length)
+    s.sets_enc = {name: (encode_texts(s.tokenizer, texts, max_length), labels) for name, (texts, labels) in s.splits.eval_sets.items()}
+    s.lengths = np.array([len(ids) for ids in s.train_enc])
 
 
-def _eval_and_checkpoint(
-    core, fit, out, optimizer, scheduler, config, dist_info, writer, val_enc, sets_enc, splits, pad_id, precision, device, steps_per_epoch
-) -> bool:
+def _setup_model(s: Session) -> None:
+    """Base model + LoRA within the budget, on the device (wrapped in DDP under torchrun)."""
+    import torch
+
+    from textlora.models import build_model, check_budget
+
+    torch.manual_seed(s.config.seed)
+    s.core, s.breakdown = build_model(s.config, s.splits.label_names)
+    check_budget(s.breakdown, s.config.budget.max_trainable_params)
+    if s.config.train.gradient_checkpointing:
+        s.core.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        s.core.enable_input_require_grads()
+    s.core.to(s.device)
+    s.model = s.core
+    if s.dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        s.model = DDP(s.core, device_ids=[s.device.index] if s.device.type == "cuda" else None)
+
+
+def _setup_schedule(s: Session) -> None:
+    """Steps, optimizer and LR schedule; on resume, their state and the loop's from the checkpoint.
+
+    Each rank takes every world-th batch; an optimizer step is grad_accum micro-batches.
+    """
+    import torch
+
+    cfg = s.config.train
+    s.per_rank = len(epoch_batches(s.lengths, cfg.batch_size, s.config.seed, 0)) // s.dist.world
+    if s.per_rank == 0:
+        raise UserError(f"train.batch_size {cfg.batch_size}: too large for {len(s.lengths)} training rows on {s.dist.world} process(es)")
+    s.steps_per_epoch = math.ceil(s.per_rank / cfg.grad_accum)
+    s.total_steps = cfg.max_steps or math.ceil(s.steps_per_epoch * cfg.epochs)
+    s.optimizer = _setup_optimizer(s.core, cfg)
+    s.scheduler = make_scheduler(s.optimizer, cfg.lr_scheduler, cfg.warmup_ratio, s.total_steps)
+    s.scaler = torch.amp.GradScaler("cuda") if s.precision == "fp16" else None
+    if s.ckpt is not None:
+        load_trainable(s.core, s.ckpt)
+        extra = torch.load(s.ckpt / "optim.pt", weights_only=False)
+        s.optimizer.load_state_dict(extra["optimizer"])
+        s.scheduler.load_state_dict(extra["scheduler"])
+        set_rng_state(extra["rng"])
+        state = json.loads((s.ckpt / "state.json").read_text())
+        s.fit = Fit(**{k: state[k] for k in Fit.__dataclass_fields__})
+        if s.resume == "best":  # continue from the best: later history is discarded
+            s.fit.history = [h for h in s.fit.history if h["step"] <= s.fit.global_step]
+            s.fit.train_log = [h for h in s.fit.train_log if h["step"] <= s.fit.global_step]
+
+
+def _start(s: Session) -> None:
+    """Rank 0: clear an overwritten run, open the logs, print what is about to run."""
+    if not s.dist.main:
+        return
+    if s.ckpt is None:
+        clear_run(s.out)
+    s.out.mkdir(parents=True, exist_ok=True)
+    s.writer = _tensorboard(s.out / "logs")
+    cfg, splits = s.config.train, s.splits
+    print(
+        f"textlora: {len(splits.train_texts):,} train rows, {len(splits.val_texts):,} dev rows, {len(splits.label_names)} classes; "
+        f"{s.breakdown.total:,} trainable params; {s.precision} on {s.device}; {s.total_steps} steps ({s.steps_per_epoch}/epoch) x {cfg.batch_size * cfg.grad_accum * s.dist.world} rows"
+        + (f"; resuming at step {s.fit.global_step} from {s.ckpt.name}" if s.ckpt else ""),
+        flush=True,
+    )
+
+
+def _loss_fn(s: Session):
+    """BCE for multi-label runs (one sigmoid a class); else cross-entropy, with class weights and label smoothing as set."""
+    import torch
+
+    cfg = s.config.train
+    if s.config.data.multi_label:  # class_weights and label_smoothing are refused by the config
+        return torch.nn.BCEWithLogitsLoss()
+    weights = None
+    if cfg.class_weights == "balanced":
+        counts = np.bincount(s.splits.train_labels, minlength=len(s.splits.label_names)).astype(np.float32)
+        weights = torch.from_numpy(len(s.splits.train_labels) / (len(counts) * np.maximum(counts, 1))).to(s.device)
+    return torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+
+
+def _fit(s: Session) -> None:
+    """The loop: optimizer steps until the last one, evaluating (and checkpointing) when due; a signal saves and stops."""
+    import torch
+
+    cfg, fit = s.config.train, s.fit
+    loss_fn = _loss_fn(s)
+    labels = torch.from_numpy(s.splits.train_labels)
+    s.model.train()
+    progress = _progress(s.total_steps, fit.global_step, s.dist.main)
+    stop = fit.global_step >= s.total_steps
+    try:
+        with _Signals() as signals:
+            t0 = window_t = time.perf_counter()
+            while not stop:
+                epoch, step_in_epoch = divmod(fit.global_step, s.steps_per_epoch)
+                batches = epoch_batches(s.lengths, cfg.batch_size, s.config.seed, epoch)[s.dist.rank :: s.dist.world][: s.per_rank]
+                for step in range(step_in_epoch, s.steps_per_epoch):
+                    _optimizer_step(s, batches[step * cfg.grad_accum : (step + 1) * cfg.grad_accum], labels, loss_fn)
+                    progress.update(1)
+                    if fit.global_step % cfg.logging_steps == 0 and s.dist.main:
+                        entry = _log_train(s, time.perf_counter() - window_t)
+                        progress.set_postfix(loss=f"{entry['loss']:.4f}", rows_s=f"{entry['rows_per_s']:.0f}")
+                        window_t = time.perf_counter()
+                    last = fit.global_step >= s.total_steps
+                    end_of_epoch = step == s.steps_per_epoch - 1
+                    if (cfg.eval_strategy == "steps" and fit.global_step % cfg.eval_steps == 0) or (cfg.eval_strategy == "epoch" and end_of_epoch) or last:
+                        fit.train_seconds += time.perf_counter() - t0
+                        stop = _eval_and_checkpoint(s)
+                        t0 = window_t = time.perf_counter()
+                    if last or stop:
+                        stop = True
+                        break
+                    if s.dist.any_flag(bool(signals.received)):
+                        saved = _checkpoint(s) if s.dist.main else s.out
+                        progress.close()
+                        s.dist.barrier()
+                        raise TrainingInterrupted(signals.received or signal.SIGTERM, fit.global_step, saved)
+    finally:  # an error message starts on a line of its own, not after the progress bar
+        progress.close()
+    if s.writer:
+        s.writer.close()
+
+
+def _optimizer_step(s: Session, micro: list, labels, loss_fn) -> None:
+    """Forward and backward over the micro-batches of one step (gradients synced on the last), then one optimizer step."""
+    import torch
+
+    cfg, fit = s.config.train, s.fit
+    for j, idx in enumerate(micro):
+        ids, mask = pad_batch([s.train_enc[i] for i in idx], s.pad_id)
+        y = labels[idx].to(s.device)
+        sync = j == len(micro) - 1 or s.dist.world == 1
+        with s.model.no_sync() if not sync else contextlib.nullcontext():
+            with autocast(s.precision, s.device):
+                logits = s.model(input_ids=ids.to(s.device), attention_mask=mask.to(s.device)).logits
+            loss = loss_fn(logits.float(), y) / len(micro)
+            (s.scaler.scale(loss) if s.scaler else loss).backward()
+        fit.window_loss += loss.item() * len(micro) * len(idx)
+        fit.window_rows += len(idx)
+    fault("step")
+    if s.scaler:
+        s.scaler.unscale_(s.optimizer)
+    if cfg.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(s.core.parameters(), cfg.max_grad_norm)
+    if s.scaler:
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
+    else:
+        s.optimizer.step()
+    s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    fit.global_step += 1
+
+
+def _log_train(s: Session, seconds: float) -> dict:
+    """One train_log entry (loss and speed since the last one), also sent to tensorboard."""
+    fit = s.fit
+    entry = {
+        "step": fit.global_step,
+        "epoch": round(fit.global_step / s.steps_per_epoch, 4),
+        "loss": fit.window_loss / max(fit.window_rows, 1),
+        "lr": s.scheduler.get_last_lr()[0],
+        "rows_per_s": fit.window_rows * s.dist.world / max(seconds, 1e-9),
+    }
+    fit.train_log.append(entry)
+    _log_scalars(s.writer, "train", entry)
+    fit.window_loss, fit.window_rows = 0.0, 0
+    return entry
+
+
+def _checkpoint(s: Session) -> Path:
+    state = {**s.fit.__dict__, "config": s.config.to_dict(), "textlora_version": __version__}
+    return save_checkpoint(s.out, s.core, s.optimizer, s.scheduler, state, s.config.train.save_total_limit)
+
+
+def _eval_and_checkpoint(s: Session) -> bool:
     """Evaluate on the dev split and the eval sets, checkpoint (rank 0), and decide on early stopping. Returns stop?"""
-    cfg = config.train
+    cfg, fit = s.config.train, s.fit
     stop = False
-    if dist_info.main:
-        _fault("eval")
-        m = _evaluate(core, val_enc, splits.val_labels, pad_id, cfg, precision, device, splits.label_names)
-        sets = {n: _evaluate(core, enc, labels, pad_id, cfg, precision, device, splits.label_names) for n, (enc, labels) in sets_enc.items()}
-        entry = {"step": fit.global_step, "epoch": round(fit.global_step / steps_per_epoch, 4), **m}
+    if s.dist.main:
+        fault("eval")
+        names = s.splits.label_names
+        m = _evaluate(s.core, s.val_enc, s.splits.val_labels, s.pad_id, cfg, s.precision, s.device, names)
+        sets = {n: _evaluate(s.core, enc, labels, s.pad_id, cfg, s.precision, s.device, names) for n, (enc, labels) in s.sets_enc.items()}
+        entry = {"step": fit.global_step, "epoch": round(fit.global_step / s.steps_per_epoch, 4), **m}
         if sets:
             entry["eval_sets"] = sets
         fit.history.append(entry)
-        _log_scalars(writer, "eval", {k: entry[k] for k in ("loss", "accuracy", "macro_f1")}, fit.global_step)
+        _log_scalars(s.writer, "eval", {k: entry[k] for k in ("loss", "accuracy", "macro_f1")}, fit.global_step)
         for n, sm in sets.items():
-            _log_scalars(writer, f"eval_{n}", {k: sm[k] for k in ("loss", "accuracy", "macro_f1")}, fit.global_step)
+            _log_scalars(s.writer, f"eval_{n}", {k: sm[k] for k in ("loss", "accuracy", "macro_f1")}, fit.global_step)
         name = f"step-{fit.global_step:08d}"
         value = metric_value(entry, cfg.metric_for_best)
         if _is_better(value, fit.best_metric, cfg.metric_for_best):
@@ -566,12 +463,11 @@ def _eval_and_checkpoint(
             + (" (best)" if fit.best_checkpoint == name else ""),
             flush=True,
         )
-        state = {**fit.__dict__, "config": config.to_dict(), "textlora_version": __version__}
-        save_checkpoint(out, core, optimizer, scheduler, state, cfg.save_total_limit)
+        _checkpoint(s)
         stop = cfg.early_stopping_patience > 0 and fit.bad_evals >= cfg.early_stopping_patience
         if stop:
             print(f"early stopping: no improvement of {cfg.metric_for_best} in {fit.bad_evals} evaluations", flush=True)
-    return dist_info.broadcast_flag(stop)
+    return s.dist.broadcast_flag(stop)
 
 
 def _tensorboard(logdir: Path):
@@ -599,21 +495,22 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, desc="train", unit="step", disable=not enabled, mininterval=1 if sys.stderr.isatty() else 30)
 
 
-def _write_run_dir(core, tokenizer, config, splits, breakdown, fit, out: Path, precision: str, total_steps: int) -> None:
+def _write_run_dir(s: Session) -> None:
     """Load the best checkpoint's weights and write the self-contained run directory (see textlora.run)."""
+    fit = s.fit
     if fit.best_checkpoint:
-        load_trainable(core, out / "checkpoints" / fit.best_checkpoint)
+        load_trainable(s.core, s.out / "checkpoints" / fit.best_checkpoint)
     best = next((h for h in fit.history if f"step-{h['step']:08d}" == fit.best_checkpoint), None)
     metrics = {
         "best": best,
-        "metric_for_best": config.train.metric_for_best,
+        "metric_for_best": s.config.train.metric_for_best,
         "history": fit.history,
         "train_log": fit.train_log,
-        "total_steps": total_steps,
+        "total_steps": s.total_steps,
         "steps_done": fit.global_step,
         "train_seconds": round(fit.train_seconds, 2),
-        "precision": precision,
-        "trainable_params": breakdown.as_dict(),
-        "data": splits.counts,
+        "precision": s.precision,
+        "trainable_params": s.breakdown.as_dict(),
+        "data": s.splits.counts,
     }
-    write_run(out, core, tokenizer, config, splits, breakdown, metrics)
+    write_run(s.out, s.core, s.tokenizer, s.config, s.splits, s.breakdown, metrics)

@@ -13,6 +13,8 @@ import numpy as np
 from textlora.config import _check
 from textlora.errors import UserError
 
+WARMUP_RATIO = 0.05  # linear warmup over the first 5% of steps, then linear decay to 0
+
 
 @dataclass
 class AdaptConfig:
@@ -92,7 +94,7 @@ def adapt(config: AdaptConfig, overwrite: bool = False, reuse: bool = False) -> 
     from textlora.augment.lm import load_causal_lm, resolve_causal_lm
     from textlora.data import read_texts, same_text, texts_in
     from textlora.fsutil import atomic_dir, fingerprint
-    from textlora.runtime import autocast, default_device, resolve_precision
+    from textlora.runtime import autocast, default_device, make_scheduler, resolve_precision
 
     out = Path(config.output_dir)
     key = fingerprint(asdict(config), [config.texts, *config.exclude, resolve_causal_lm(config.model)])
@@ -136,7 +138,7 @@ def adapt(config: AdaptConfig, overwrite: bool = False, reuse: bool = False) -> 
     opt = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     steps_per_epoch = math.ceil(len(train_texts) / config.batch_size)
     total = max(1, math.ceil(steps_per_epoch * config.epochs))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, total // 20)) * max(0.0, 1 - s / total))
+    sched = make_scheduler(opt, "linear", WARMUP_RATIO, total)  # the classifier's schedule (textlora.runtime)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, desc="adapt", unit="step", mininterval=5)

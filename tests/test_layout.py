@@ -1,0 +1,61 @@
+"""The code's structure: no import cycles inside textlora (imports inside functions count), and a
+verb opens its run directory once."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pandas as pd
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "textlora"
+
+
+def _imports() -> dict[str, set[str]]:
+    """module -> the textlora modules it imports anywhere in its file (``from textlora import x`` counts as the package)."""
+    graph = {}
+    for f in SRC.rglob("*.py"):
+        parts = f.relative_to(SRC).with_suffix("").parts
+        mod = ".".join(("textlora",) + (parts[:-1] if parts[-1] == "__init__" else parts))
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "textlora":
+                deps.add(node.module)
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.split(".")[0] == "textlora"}
+        graph[mod] = deps - {mod}
+    return graph
+
+
+def test_no_import_cycles():
+    graph = _imports()
+    assert "textlora.runtime" in graph and "textlora.run" in graph
+
+    def cycle_from(start):
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph.get(node, ()):
+                if nxt == start:
+                    return path + [nxt]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, path + [nxt]))
+        return None
+
+    cycles = [c for m in graph if (c := cycle_from(m))]
+    assert not cycles, f"import cycle: {' -> '.join(cycles[0])}"
+    # the leaves import nothing of textlora but errors (and runtime's THRESHOLD for metrics)
+    assert graph["textlora.runtime"] <= {"textlora.errors"}
+    assert graph["textlora.metrics"] <= {"textlora.runtime"}
+
+
+def test_predict_opens_the_run_once(trained, monkeypatch, tmp_path):
+    import textlora.config
+    from textlora.cli import main
+
+    reads = []
+    real = textlora.config.config_from_dict
+    monkeypatch.setattr(textlora.config, "config_from_dict", lambda raw: reads.append(1) or real(raw))
+    assert main(["predict", "--model", str(trained / "run"), "--data", str(trained / "test.csv"), "--output", str(tmp_path / "p.csv")]) == 0
+    assert len(reads) == 1 and len(pd.read_csv(tmp_path / "p.csv")) == 30
