@@ -144,7 +144,7 @@ def test_generate_reuse_and_invalidation(tmp_path, tiny_gpt2, monkeypatch, capsy
     fails(capsys, ["generate", "--model", str(tiny_gpt2), "--prompts", str(prompts), "--output", str(out)], "already exists")
 
 
-def test_adapt_reuse_exclude_and_invalidation(tmp_path, tiny_gpt2, capsys):
+def test_adapt_reuse_exclude_and_invalidation(tmp_path, tiny_gpt2, capsys, monkeypatch):
     texts = tmp_path / "t.csv"
     df = make_texts(12, seed=4).drop(columns=["label"])
     df.to_csv(texts, index=False)
@@ -173,6 +173,10 @@ def test_adapt_reuse_exclude_and_invalidation(tmp_path, tiny_gpt2, capsys):
     assert m["excluded_texts"] == 5 and m["train_texts"] + m["heldout_texts"] == 36 - 5
     capsys.readouterr()
     assert main(base + ["--exclude", f"[{held}]", "--reuse"]) == 0 and "reusing" in capsys.readouterr().out
+    # the same files and folder named by other paths (another checkout, a relative path): still reused
+    monkeypatch.chdir(tmp_path)
+    relative = [{str(texts): "t.csv", str(out): "a"}.get(a, a) for a in base]
+    assert main(relative + ["--exclude", "[held.csv]", "--reuse"]) == 0 and "reusing" in capsys.readouterr().out
     assert main(base + ["--reuse"]) == 0 and "reusing" not in capsys.readouterr().out  # the exclusion changed
     assert json.loads((out / "adapt_metrics.json").read_text())["excluded_texts"] == 0
 

@@ -135,13 +135,19 @@ def file_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def fingerprint(settings: dict, inputs: list) -> str:
-    """A step's cache key: its resolved settings and the content of its input files/folders."""
+def fingerprint(settings: dict, inputs: list, paths: tuple[str, ...] = ()) -> str:
+    """A step's cache key: its settings and the content of its input files/folders, in order.
+
+    ``paths`` names the settings that only say where inputs and outputs are (output folder, input
+    files): they are left out, so the same inputs named by another path (a relative path, another
+    checkout) give the same key, and changed content a new one.
+    """
     import hashlib
     import json
 
-    digests = {str(p): file_digest(p) for p in inputs if p is not None and Path(p).exists()}
-    return hashlib.sha256(json.dumps({"settings": settings, "inputs": digests}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    kept = {k: v for k, v in settings.items() if k not in paths}
+    digests = [file_digest(p) if p is not None and Path(p).exists() else None for p in inputs]
+    return hashlib.sha256(json.dumps({"settings": kept, "inputs": digests}, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def hold_lock(path: str | os.PathLike, what: str):

@@ -97,7 +97,9 @@ def adapt(config: AdaptConfig, overwrite: bool = False, reuse: bool = False) -> 
     from textlora.runtime import autocast, default_device, make_scheduler, resolve_precision
 
     out = Path(config.output_dir)
-    key = fingerprint(asdict(config), [config.texts, *config.exclude, resolve_causal_lm(config.model)])
+    key = fingerprint(
+        asdict(config), [config.texts, resolve_causal_lm(config.model), *sorted(config.exclude)], paths=("output_dir", "texts", "exclude", "model")
+    )
     if reuse and (out / "adapt_metrics.json").is_file() and json.loads((out / "adapt_metrics.json").read_text()).get("fingerprint") == key:
         print(f"reusing {out}: adapted from the same settings and inputs", flush=True)
         return out

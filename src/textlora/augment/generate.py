@@ -134,7 +134,8 @@ def generate(config: GenerateConfig, overwrite: bool = False, label_names: list[
     if out.suffix.lower() not in (".csv", ".parquet"):
         raise UserError(f"output {out}: expected a .csv or .parquet file")
     summary_path = out.with_suffix(".generate.json")
-    key = fingerprint(asdict(config), [config.prompts, resolve_causal_lm(config.model)])  # batch_size too: batch k seeds its rows
+    # batch_size is in the key too: batch k seeds its rows
+    key = fingerprint(asdict(config), [config.prompts, resolve_causal_lm(config.model)], paths=("output", "prompts", "model"))
     if reuse and out.is_file() and summary_path.is_file() and json.loads(summary_path.read_text()).get("fingerprint") == key:
         print(f"reusing {out}: generated from the same settings, prompts and model", flush=True)
         return out
