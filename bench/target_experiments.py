@@ -48,7 +48,13 @@ def adapt(stages: dict) -> Path:
 LONG = {"stop_at_eos": "false", "length_mean": "64", "length_std": "24"}
 
 
+GIVEN_ROWS: dict[int, Path] = {}  # --rows FILE: use these generated rows (for the default settings) instead of generating
+
+
 def generate(stages: dict, rows_per_class: int, settings: dict | None = None) -> Path:
+    if not settings and rows_per_class in GIVEN_ROWS:
+        stages["generate_s"] = "given (--rows)"
+        return GIVEN_ROWS[rows_per_class]
     lm = adapt(stages)
     settings = settings or {}
     out = SYN / f"smollm2-{rows_per_class}{'-long' if settings == LONG else ''}.csv"
@@ -183,7 +189,10 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=list(EXPERIMENTS))
     ap.add_argument("--seeds", nargs="*", type=int, default=[42])
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--rows", type=Path, help="generated rows (1,000 a class, default settings) to filter instead of generating them")
     args = ap.parse_args()
+    if args.rows:
+        GIVEN_ROWS[1000] = args.rows.resolve()
     if args.list:
         print("\n".join(EXPERIMENTS))
         return
