@@ -164,3 +164,17 @@ def test_multilabel_bad_input(tmp_path, tiny_bert, capsys):
     fails(capsys, ["train", "--config", str(train_on(df, multi=False))], "row 2: label")
     err = fails(capsys, ["train", "--config", str(train_on(df, multi=False))], "set data.multi_label: true")
     assert "is a list" in err
+
+
+def test_multilabel_hf_export_gives_sigmoids_in_pipeline(ml_run):
+    """The exported folder says multi_label_classification, so transformers' pipeline applies a sigmoid a class."""
+    from transformers import pipeline
+
+    from textlora.predict import Classifier
+
+    out = ml_run / "hf"
+    assert main(["export", "--model", str(ml_run / "run"), "--output", str(out), "--format", "hf"]) == 0
+    texts = pd.read_csv(ml_run / "test.csv")["text"].head(4).tolist()
+    scores = pipeline("text-classification", model=str(out), device="cpu", top_k=None)(texts)
+    got = np.array([[next(s["score"] for s in row if s["label"] == n) for n in NAMES] for row in scores])
+    assert np.allclose(got, Classifier(ml_run / "run", precision="fp32").predict_proba(texts), atol=1e-4)
