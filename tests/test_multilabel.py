@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
-import time
-import urllib.error
 
 import numpy as np
 import pandas as pd
@@ -15,8 +11,8 @@ import pytest
 
 from textlora.cli import main
 
-from .conftest import fails, free_port, make_texts, write_config
-from .test_serve import _call
+from .conftest import fails, make_texts, write_config
+from .test_serve import _call, serving
 
 NAMES = ["sports", "business", "science"]
 
@@ -106,29 +102,13 @@ def test_multilabel_serve(ml_run):
     from textlora.predict import load
 
     run = ml_run / "run"
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "textlora", "serve", "--model", str(run), "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                if _call(base + "/healthz", timeout=2)[0] == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.3)
-            assert proc.poll() is None, proc.stdout.read()
+    with serving(run) as base:
         texts = pd.read_csv(ml_run / "test.csv")["text"].head(5).tolist()
         status, body = _call(base + "/v1/classify", {"texts": texts})
         assert status == 200, body
         probs = load(run).predict_proba(texts)
         assert [p["labels"] for p in body["predictions"]] == [np.flatnonzero(p >= 0.5).tolist() for p in probs]
         assert [p["label_names"] for p in body["predictions"]] == [[NAMES[j] for j in np.flatnonzero(p >= 0.5)] for p in probs]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def test_separator_labels(tmp_path, tiny_bert):

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
-import time
-import urllib.error
 
 import numpy as np
 import pandas as pd
@@ -15,8 +11,8 @@ import pytest
 
 from textlora.cli import main
 
-from .conftest import fails, free_port, make_texts, write_config
-from .test_serve import _call
+from .conftest import fails, make_texts, write_config
+from .test_serve import _call, serving
 
 
 def make_pairs(n: int, seed: int) -> pd.DataFrame:
@@ -98,23 +94,7 @@ def test_pairs_export_onnx(pair_run):
 
 
 def test_pairs_serve(pair_run):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "textlora", "serve", "--model", str(pair_run / "run"), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                if _call(base + "/healthz", timeout=2)[0] == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.3)
-            assert proc.poll() is None, proc.stdout.read()
+    with serving(pair_run / "run") as base:
         from textlora.predict import load
 
         test = pd.read_csv(pair_run / "test.csv").head(4)
@@ -124,6 +104,3 @@ def test_pairs_serve(pair_run):
         assert [p["label"] for p in body["predictions"]] == want
         assert _call(base + "/v1/classify", {"texts": test["text"].tolist()})[0] == 422  # a pair model needs the pairs
         assert _call(base + "/v1/classify", {"texts": ["a", "b"], "pairs": ["c"]})[0] == 422
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)

@@ -1,6 +1,7 @@
 """The real server on a free loopback port, called over HTTP; its web page driven in headless Chromium;
 and the HTML report."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -34,31 +35,39 @@ def run(trained):
     return trained / "run"
 
 
-@pytest.fixture(scope="module")
-def server(run):
+@contextlib.contextmanager
+def serving(run, *flags: str):
+    """``textlora serve --model RUN`` on a free loopback port, as a subprocess; yields its base URL once /healthz answers."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "textlora", "serve", "--model", str(run), "--port", str(port), "--max-batch", "8"],
+        [sys.executable, "-m", "textlora", "serve", "--model", str(run), "--port", str(port), *flags],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if _call(base + "/healthz", timeout=2)[0] == 200:
-                break
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.3)
-        if proc.poll() is not None:
-            pytest.fail(f"server exited: {proc.stdout.read()}")
-    else:
-        proc.kill()
-        pytest.fail("server did not answer /healthz within 90 s")
-    yield base
-    proc.terminate()
-    proc.wait(timeout=20)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if _call(base + "/healthz", timeout=2)[0] == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.3)
+            if proc.poll() is not None:
+                pytest.fail(f"server exited: {proc.stdout.read()}")
+        else:
+            pytest.fail("server did not answer /healthz within 90 s")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server(run):
+    with serving(run, "--max-batch", "8") as base:
+        yield base
 
 
 def test_classify_matches_predict(server, run):
