@@ -234,24 +234,23 @@ def encode_labels(frame: TextFrame, names: list[str]) -> np.ndarray:
 
     Multi-label rows become a (rows, classes) float32 0/1 matrix.
     """
-    if frame.labels and isinstance(frame.labels[0], list):
-        out = np.zeros((len(frame.labels), len(names)), dtype=np.float32)
-        for i, row in enumerate(frame.labels):
-            single = TextFrame(frame.source, [], row, None, [frame.rows[i]] * len(row))
-            out[i, encode_labels(single, names)] = 1.0
-        return out
     index = {n: i for i, n in enumerate(names)}
-    out = np.empty(len(frame.labels), dtype=np.int64)
-    for i, v in enumerate(frame.labels):
+
+    def class_of(v, row: int) -> int:
         if isinstance(v, int):
             if not 0 <= v < len(names):
-                raise UserError(f"{frame.source}: row {frame.rows[i]}: label {v} is not a known class (expected 0..{len(names) - 1})")
-            out[i] = v
-        elif v in index:
-            out[i] = index[v]
-        else:
-            raise UserError(f"{frame.source}: row {frame.rows[i]}: label {v!r} is not a known class (known: {', '.join(names)})")
-    return out
+                raise UserError(f"{frame.source}: row {row}: label {v} is not a known class (expected 0..{len(names) - 1})")
+            return v
+        if v in index:
+            return index[v]
+        raise UserError(f"{frame.source}: row {row}: label {v!r} is not a known class (known: {', '.join(names)})")
+
+    if frame.labels and isinstance(frame.labels[0], list):
+        out = np.zeros((len(frame.labels), len(names)), dtype=np.float32)
+        for i, labels in enumerate(frame.labels):
+            out[i, [class_of(v, frame.rows[i]) for v in labels]] = 1.0
+        return out
+    return np.array([class_of(v, row) for v, row in zip(frame.labels, frame.rows)], dtype=np.int64)
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int, source: str) -> tuple[np.ndarray, np.ndarray]:

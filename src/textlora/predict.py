@@ -17,16 +17,15 @@ import numpy as np
 from textlora.errors import UserError
 from textlora.run import Run, open_run
 from textlora.runtime import (
+    batched_logits,
     chosen,
     default_device,
     encode_texts,
     finish_distributed,
     init_distributed,
-    pad_batch,
     predict_logits,
     probabilities,
     resolve_precision,
-    sorted_batches,
 )
 
 
@@ -71,18 +70,14 @@ class OnnxClassifier:
         self.max_length = self.config.model.max_length
 
     def logits(self, texts: list, progress: bool = False) -> np.ndarray:
+        def forward(ids, mask):
+            return self.session.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+
         encoded = encode_texts(self.tokenizer, texts, self.max_length)
-        out = None
-        for idx in sorted_batches([len(s) for s in encoded], self.batch_size):
-            ids, mask = pad_batch([encoded[i] for i in idx], self.tokenizer.pad_token_id or 0)
-            logits = self.session.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
-            if out is None:
-                out = np.empty((len(encoded), logits.shape[1]), dtype=np.float32)
-            out[idx] = logits
-        return out
+        return batched_logits(encoded, self.tokenizer.pad_token_id or 0, self.batch_size, forward, progress)
 
     def predict_proba(self, texts: list, progress: bool = False) -> np.ndarray:
-        return probabilities(self.logits(texts), self.config)
+        return probabilities(self.logits(texts, progress=progress), self.config)
 
 
 def load(run: str | os.PathLike | Run, **kwargs) -> Classifier | OnnxClassifier:

@@ -13,10 +13,11 @@ presence marks a complete run. An ONNX export holds ``model.onnx``, the tokenize
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from textlora.errors import UserError
@@ -32,7 +33,6 @@ class Run:
     config: object  # textlora.config.Config
     labels: list[str]
     meta: dict  # textlora.json
-    metrics: dict = field(default_factory=dict)  # metrics.json ({} for an ONNX export)
 
     @property
     def backend(self) -> str:
@@ -42,6 +42,12 @@ class Run:
     @property
     def onnx_file(self) -> Path:
         return self.path / self.meta["onnx_file"]
+
+    @functools.cached_property
+    def metrics(self) -> dict:
+        """metrics.json, read when first asked for ({} for an ONNX export)."""
+        path = self.path / "metrics.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def open_run(path: str | os.PathLike | Run, flag: str = "--model") -> Run:
@@ -62,8 +68,7 @@ def open_run(path: str | os.PathLike | Run, flag: str = "--model") -> Run:
     missing = [f for f in needed if not (run / f).is_file()]
     if missing:
         raise UserError(f"{flag} {run}: not a complete textlora run directory (missing {', '.join(missing)})")
-    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
-    return Run(run, config_from_dict(read_yaml(run / "config.yaml")), json.loads((run / "labels.json").read_text()), meta, metrics)
+    return Run(run, config_from_dict(read_yaml(run / "config.yaml")), json.loads((run / "labels.json").read_text()), meta)
 
 
 def write_run(out: Path, core, tokenizer, config, splits, breakdown, metrics: dict) -> None:

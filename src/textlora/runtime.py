@@ -80,29 +80,38 @@ def sorted_batches(lengths: list[int] | np.ndarray, batch_size: int) -> list[np.
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def predict_logits(
-    model, encoded: list[list[int]], pad_id: int, *, batch_size: int = 32, precision: str = "auto", device=None, progress: bool = False
-) -> np.ndarray:
-    """Logits (float32, shape [N, num_labels]) for pre-tokenized texts, in input order."""
-    import torch
-
-    device = device or next(model.parameters()).device
-    precision = resolve_precision(precision, device)
+def batched_logits(encoded: list[list[int]], pad_id: int, batch_size: int, forward, progress: bool = False) -> np.ndarray:
+    """``forward(input_ids, attention_mask) -> logits`` (numpy) over length-sorted, padded batches; logits back in input order."""
     out = None
-    was_training = model.training
-    model.eval()
     batches = sorted_batches([len(s) for s in encoded], batch_size)
     if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="predict", unit="batch", mininterval=2)
+    for idx in batches:
+        logits = forward(*pad_batch([encoded[i] for i in idx], pad_id))
+        if out is None:
+            out = np.empty((len(encoded), logits.shape[1]), dtype=np.float32)
+        out[idx] = logits
+    return out
+
+
+def predict_logits(
+    model, encoded: list[list[int]], pad_id: int, *, batch_size: int = 32, precision: str = "auto", device=None, progress: bool = False
+) -> np.ndarray:
+    """Logits (float32, shape [N, num_labels]) of a torch model for pre-tokenized texts, in input order."""
+    import torch
+
+    device = device or next(model.parameters()).device
+    precision = resolve_precision(precision, device)
+    was_training = model.training
+    model.eval()
+
+    def forward(ids, mask):
+        return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu().numpy()
+
     with torch.inference_mode(), autocast(precision, device):
-        for idx in batches:
-            ids, mask = pad_batch([encoded[i] for i in idx], pad_id)
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu().numpy()
-            if out is None:
-                out = np.empty((len(encoded), logits.shape[1]), dtype=np.float32)
-            out[idx] = logits
+        out = batched_logits(encoded, pad_id, batch_size, forward, progress)
     model.train(was_training)
     return out
 

@@ -86,11 +86,11 @@ def _examples(run: Path, config, label_names: list[str], per_class: int = 1) -> 
     return [str(t)[:300] for t in picks[col].tolist()][: 2 * len(label_names)]
 
 
-def create_app(model: str, max_batch: int = 64, max_chars: int = 10_000, max_wait_ms: float = 5.0):
+def create_app(model, max_batch: int = 64, max_chars: int = 10_000, max_wait_ms: float = 5.0):
     """The ASGI app for a run directory (or ONNX export).
 
     Args:
-        model: run directory.
+        model: run directory (a path, or a run already opened with textlora.run.open_run).
         max_batch: most texts in one request (more: 413) and in one internal batch.
         max_chars: texts are cut to this many characters (the tokenizer also truncates to model.max_length).
         max_wait_ms: how long the batcher waits for more requests before running a batch.
@@ -104,7 +104,7 @@ def create_app(model: str, max_batch: int = 64, max_chars: int = 10_000, max_wai
     from textlora.run import open_run
     from textlora.runtime import chosen
 
-    opened = open_run(model)
+    opened = open_run(model)  # a path, or a run serve() has opened already
     clf = load(opened)
     run, metrics = opened.path, opened.metrics
     info = {
@@ -187,9 +187,9 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int 
 
     from textlora.run import open_run
 
-    open_run(model)
+    run = open_run(model)
     if not 1 <= port <= 65535:
         raise UserError(f"--port {port}: expected 1..65535")
-    app = create_app(model, max_batch=max_batch, max_chars=max_chars)
+    app = create_app(run, max_batch=max_batch, max_chars=max_chars)
     print(f"textlora serve: http://{host}:{port}/ (API docs at /docs)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
