@@ -55,9 +55,20 @@ def generate(stages: dict, rows_per_class: int, settings: dict | None = None) ->
     if not settings and rows_per_class in GIVEN_ROWS:
         stages["generate_s"] = "given (--rows)"
         return GIVEN_ROWS[rows_per_class]
+    if rows_per_class == 4000 and not settings:  # the 2,000-a-class rows plus 2,000 a class more, sampled with another seed
+        import pandas as pd
+
+        first = generate(stages, 2000)
+        before = stages["generate_s"]
+        more = generate(stages, 2000, {"seed": "7"})
+        stages["generate_s"] = [before, stages["generate_s"]]
+        out = SYN / "smollm2-4000.csv"
+        pd.concat([pd.read_csv(f, keep_default_na=False) for f in (first, more)]).to_csv(out, index=False)
+        return out
     lm = adapt(stages)
     settings = settings or {}
-    out = SYN / f"smollm2-{rows_per_class}{'-long' if settings == LONG else ''}.csv"
+    suffix = "-long" if settings == LONG else "".join(f"-{k}{v}" for k, v in settings.items())
+    out = SYN / f"smollm2-{rows_per_class}{suffix}.csv"
     extra = [a for k, v in settings.items() for a in (f"--{k}", v)]
     stages["generate_s"] = sh(
         "generate",
@@ -161,6 +172,7 @@ EXPERIMENTS = {
     "synth-relabel": lambda seed, st: train("synth-relabel", seed, [filtered(st, 1000, classifier=teacher(seed), relabel=True)], st),
     "synth-long": lambda seed, st: train("synth-long", seed, [filtered(st, 1000, settings=LONG)], st),
     "synth-2000": lambda seed, st: train("synth-2000", seed, [filtered(st, 2000)], st),
+    "synth-4000": lambda seed, st: train("synth-4000", seed, [filtered(st, 4000)], st),
     # our rows and the original project's 12,000 GPT-2 rows together
     "synth+seed-synthetic": lambda seed, st: train("synth+seed-synthetic", seed, [filtered(st, 1000), DATA / "seed_synthetic.csv"], st),
     "synth+pseudo": lambda seed, st: train("synth+pseudo", seed, [filtered(st, 1000), pseudo(st, teacher(seed))], st),

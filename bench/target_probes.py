@@ -1,0 +1,86 @@
+"""Cheap probes on finished target runs: do averages or ensembles of models already trained help?
+
+    python bench/target_probes.py                      # every run under runs/target-bench with 2 checkpoints
+    python bench/target_probes.py --runs synth-2000-s42 synth-s42
+
+For each run of bench/target_experiments.py (both epoch checkpoints are kept), it measures on the
+run's in-domain dev split and on ../shared/data/agnews/target_dev_labelled.csv:
+- ``last``: the epoch-2 weights (what the run keeps);
+- ``weight_avg``: the mean of the epoch-1 and epoch-2 trainable weights (a two-point weight average);
+- ``prob_ens``: the mean of the two checkpoints' class probabilities (a checkpoint ensemble).
+Then, on the target sample only, the mean of the probabilities of every pair of runs (a two-model
+ensemble). No training; results go to bench/results/target_probes.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "runs" / "target-bench"
+SAMPLE = ROOT.parent / "shared" / "data" / "agnews" / "target_dev_labelled.csv"
+RESULTS = ROOT / "bench" / "results" / "target_probes.json"
+
+
+def probabilities(model, tokenizer, texts: list[str], max_length: int):
+    import numpy as np
+
+    from textlora.runtime import default_device, encode_texts, predict_logits, softmax
+
+    logits = predict_logits(model, encode_texts(tokenizer, texts, max_length), tokenizer.pad_token_id or 0, batch_size=64, precision="auto", device=default_device())
+    return softmax(np.asarray(logits, dtype=np.float32))
+
+
+def checkpoint_probes(run: Path, sample) -> tuple[dict, object]:
+    """Dev and target accuracy of the last weights, the weight average and the checkpoint ensemble."""
+    import pandas as pd
+    import torch
+    from safetensors.torch import load_file
+
+    from textlora.models import load_classifier
+
+    ckpts = sorted((run / "checkpoints").glob("step-*"))
+    model, tok, _, cfg = load_classifier(run, merge=False)
+    params = dict(model.named_parameters())
+    dev = pd.read_csv(run / "dev.csv", keep_default_na=False)
+    weights = [load_file(str(c / "trainable.safetensors")) for c in ckpts]
+    variants = {"first": weights[0], "last": weights[-1], "weight_avg": {k: (weights[0][k] + weights[-1][k]) / 2 for k in weights[0]}}
+    probs = {}
+    for name, w in variants.items():
+        with torch.no_grad():
+            for k, v in w.items():
+                params[k].copy_(v)
+        probs[name] = {s: probabilities(model, tok, list(df["text"]), cfg.model.max_length) for s, df in (("dev", dev), ("target", sample))}
+    truth = {"dev": dev["label"].to_numpy(), "target": sample["label"].to_numpy()}
+    probs["prob_ens"] = {s: (probs["first"][s] + probs["last"][s]) / 2 for s in truth}
+    out = {v: {s: round(float((probs[v][s].argmax(1) == truth[s]).mean()), 4) for s in truth} for v in ("last", "weight_avg", "prob_ens")}
+    return out, probs["last"]["target"]
+
+
+def main() -> None:
+    import pandas as pd
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", nargs="*", help="run names under runs/target-bench (default: all with two checkpoints)")
+    args = ap.parse_args()
+    names = args.runs or sorted(p.name for p in WORK.iterdir() if len(list((p / "checkpoints").glob("step-*"))) == 2)
+    sample = pd.read_csv(SAMPLE, keep_default_na=False)
+    results, target_probs = {"checkpoints": {}, "pairs": {}}, {}
+    for name in names:
+        results["checkpoints"][name], target_probs[name] = checkpoint_probes(WORK / name, sample)
+        print(name, results["checkpoints"][name], flush=True)
+    y = sample["label"].to_numpy()
+    for a, b in itertools.combinations(names, 2):
+        results["pairs"][f"{a} + {b}"] = round(float(((target_probs[a] + target_probs[b]).argmax(1) == y).mean()), 4)
+    best = max(results["pairs"].items(), key=lambda kv: kv[1], default=None)
+    print(f"best two-run ensemble on the target sample: {best}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2))
+    print(f"wrote {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
