@@ -10,7 +10,7 @@ run's in-domain dev split and on ../shared/data/agnews/target_dev_labelled.csv:
 - ``prob_ens``: the mean of the two checkpoints' class probabilities (a checkpoint ensemble).
 The first and last checkpoints are also measured on 2,000 generated rows that the run did not train
 on (``--holdout``, default: the seed-7 rows of the ``synth-4000`` experiment; a run that trained on
-any of them is skipped there): would a target-style validation set of synthetic rows pick the
+any of them, or whose training files are no longer where its config says, is skipped there): would a target-style validation set of synthetic rows pick the
 checkpoint that the target sample prefers? Then, on the target sample only, the mean of the
 probabilities of every pair of runs (a two-model ensemble), and how each run does on the sample's
 templated texts ("COUNTRY's Government Announces Plans to ...") and on the rest. No training; results go to
@@ -30,13 +30,11 @@ SAMPLE = ROOT.parent / "shared" / "data" / "agnews" / "target_dev_labelled.csv"
 RESULTS = ROOT / "bench" / "results" / "target_probes.json"
 
 
-def probabilities(model, tokenizer, texts: list[str], max_length: int):
-    import numpy as np
+def probabilities(model, tokenizer, texts: list[str], config):
+    from textlora.runtime import default_device, encode_texts, predict_logits, probabilities
 
-    from textlora.runtime import default_device, encode_texts, predict_logits, softmax
-
-    logits = predict_logits(model, encode_texts(tokenizer, texts, max_length), tokenizer.pad_token_id or 0, batch_size=64, precision="auto", device=default_device())
-    return softmax(np.asarray(logits, dtype=np.float32))
+    encoded = encode_texts(tokenizer, texts, config.model.max_length)
+    return probabilities(predict_logits(model, encoded, tokenizer.pad_token_id or 0, batch_size=64, device=default_device()), config)
 
 
 def checkpoint_probes(run: Path, sample, holdout) -> tuple[dict, object]:
@@ -53,24 +51,20 @@ def checkpoint_probes(run: Path, sample, holdout) -> tuple[dict, object]:
     dev = pd.read_csv(run / "dev.csv", keep_default_na=False)
     weights = [load_file(str(c / "trainable.safetensors")) for c in ckpts]
     variants = {"first": weights[0], "last": weights[-1], "weight_avg": {k: (weights[0][k] + weights[-1][k]) / 2 for k in weights[0]}}
+    sets = {"dev": dev, "target": sample}
+    truth = {name: df["label"].to_numpy() for name, df in sets.items()}
+    trained_on, sources = set(), [Path(f) if Path(f).is_absolute() else ROOT / f for f in cfg.data.extra_train]
+    for f in sources:
+        if f.is_file():
+            trained_on |= set(pd.read_csv(f, keep_default_na=False)["text"])
+    unseen = all(f.is_file() for f in sources) and not trained_on & set(holdout["text"])  # only where provably unseen
     probs = {}
     for name, w in variants.items():
         with torch.no_grad():
             for k, v in w.items():
                 params[k].copy_(v)
-        probs[name] = {s: probabilities(model, tok, list(df["text"]), cfg.model.max_length) for s, df in (("dev", dev), ("target", sample))}
-    truth = {"dev": dev["label"].to_numpy(), "target": sample["label"].to_numpy()}
-    trained_on, sources = set(), [Path(f) if Path(f).is_absolute() else ROOT / f for f in cfg.data.extra_train]
-    for f in sources:
-        if f.is_file():
-            trained_on |= set(pd.read_csv(f, keep_default_na=False)["text"])
-    if all(f.is_file() for f in sources) and not trained_on & set(holdout["text"]):  # only where provably unseen
-        for name in ("first", "last"):
-            with torch.no_grad():
-                for k, v in variants[name].items():
-                    params[k].copy_(v)
-            p = probabilities(model, tok, list(holdout["text"]), cfg.model.max_length)
-            probs[name]["holdout"] = p
+        measured = sets | ({"holdout": holdout} if unseen and name != "weight_avg" else {})
+        probs[name] = {s: probabilities(model, tok, list(df["text"]), cfg) for s, df in measured.items()}
     probs["prob_ens"] = {s: (probs["first"][s] + probs["last"][s]) / 2 for s in truth}
     out = {v: {s: round(float((probs[v][s].argmax(1) == truth[s]).mean()), 4) for s in truth} for v in ("first", "last", "weight_avg", "prob_ens")}
     for name in ("first", "last"):
