@@ -96,9 +96,9 @@ def test_generate_counts_labels_provenance_and_resume(tmp_path, tiny_gpt2, promp
     df = pd.read_csv(out, keep_default_na=False)
     summary = json.loads(out.with_suffix(".generate.json").read_text())
     assert summary["rows_planned"] == 18 and len(df) == summary["rows_written"] == 18 - summary["empty_dropped"]
-    assert set(df["label"]) <= {0, 1, 2} and set(df["label_name"]) <= {"sports", "business", "science"}
+    assert set(df["label"]) <= {"sports", "business", "science"}  # labels are class names
     assert {"prompt", "seed", "model", "batch"} <= set(df.columns)
-    assert all(p in ("the team", "a goal") for p in df[df["label"] == 0]["prompt"])
+    assert all(p in ("the team", "a goal") for p in df[df["label"] == "sports"]["prompt"])
     assert all(len(t.split()) <= n for t, n in zip(df["text"], df["max_new_tokens"]))  # the prompt is stripped
     # interrupted after 2 batches, then continued: the same rows as the uninterrupted run
     import textlora.augment.generate as gen
@@ -142,17 +142,19 @@ def classifier(trained):
 
 def test_filter_dedupes_and_checks_agreement(tmp_path, classifier):
     real = pd.read_csv(classifier / "train.csv")
-    good = make_texts(6, seed=21)
+    names = ["sports", "business", "science"]  # generated rows carry class names; the classifier was trained with these
+    real["label"] = [names[k] for k in real["label"]]
+    good = make_texts(6, seed=21, names="str")
     good = good[good["text"].str.split().str.len() >= 6]
     rows = [
         *[{"text": t, "label": y} for t, y in zip(good["text"], good["label"])],
-        {"text": good["text"].iloc[0], "label": int(good["label"].iloc[0])},  # exact duplicate within
-        {"text": good["text"].iloc[1].upper() + " !", "label": int(good["label"].iloc[1])},  # same words: exact after normalising
-        {"text": real["text"].iloc[0], "label": int(real["label"].iloc[0])},  # duplicate of a real row
-        {"text": "goal", "label": 0},  # too short
-        {"text": "%%%% #### @@@@ !!!! 1234 5678 9999 ---- ==== ++++", "label": 1},  # garbage
-        {"text": " ".join(["stock"] * 12), "label": 1},  # a loop
-        {"text": " ".join(CLASS_WORDS["science"][:6]) + " the of in", "label": 0},  # science words labelled sports: disagreement
+        {"text": good["text"].iloc[0], "label": good["label"].iloc[0]},  # exact duplicate within
+        {"text": good["text"].iloc[1].upper() + " !", "label": good["label"].iloc[1]},  # same words: exact after normalising
+        {"text": real["text"].iloc[0], "label": real["label"].iloc[0]},  # duplicate of a real row
+        {"text": "goal", "label": "sports"},  # too short
+        {"text": "%%%% #### @@@@ !!!! 1234 5678 9999 ---- ==== ++++", "label": "business"},  # garbage
+        {"text": " ".join(["stock"] * 12), "label": "business"},  # a loop
+        {"text": " ".join(CLASS_WORDS["science"][:6]) + " the of in", "label": "sports"},  # science words labelled sports: disagreement
     ]
     src = tmp_path / "syn.csv"
     pd.DataFrame(rows).to_csv(src, index=False)
@@ -187,6 +189,14 @@ def test_filter_dedupes_and_checks_agreement(tmp_path, classifier):
     assert main([*argv[:4], str(out2), *argv[5:], "--relabel", "true"]) == 0
     relabelled = pd.read_csv(out2)
     assert relabelled["relabelled"].any() and len(relabelled) >= len(kept)
+    assert set(relabelled["label"]) <= set(names)  # relabelled rows carry the classifier's class names
+    science = relabelled[relabelled["text"].str.startswith(" ".join(CLASS_WORDS["science"][:3]))]
+    assert (science["label"] == "science").all()
+    # a JSONL input is read once, as JSONL (it used to be read a second time as Parquet)
+    jsonl = tmp_path / "syn.jsonl"
+    pd.DataFrame(rows).to_json(jsonl, orient="records", lines=True)
+    assert main([argv[0], "--input", str(jsonl), *argv[3:], "--overwrite"]) == 0
+    assert len(pd.read_csv(out)) == len(kept)
 
 
 def test_train_with_extra_rows_keeps_them_out_of_validation(tmp_path, tiny_bert, classifier):

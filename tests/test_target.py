@@ -137,7 +137,7 @@ def test_generate_reuse_and_invalidation(tmp_path, tiny_gpt2, monkeypatch, capsy
     assert _gen(tiny_gpt2, prompts, out, "--reuse", "--top_k", "5") == 0 and len(calls) == 2  # a setting changed
     prompts.write_text(yaml.safe_dump({"classes": {"sports": ["a goal"], "business": ["the market"]}}, sort_keys=False))
     assert _gen(tiny_gpt2, prompts, out, "--reuse", "--top_k", "5") == 0 and len(calls) == 4  # an input changed
-    assert set(pd.read_csv(out).query("label == 0")["prompt"]) == {"a goal"}
+    assert set(pd.read_csv(out).query("label == 'sports'")["prompt"]) == {"a goal"}
     assert _gen(tiny_gpt2, prompts, out, "--reuse", "--top_k", "5") == 0 and len(calls) == 4
     assert _gen(tiny_gpt2, prompts, out, "--overwrite", "--top_k", "5") == 0 and len(calls) == 6  # --overwrite redoes it
     capsys.readouterr()

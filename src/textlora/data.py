@@ -29,7 +29,8 @@ class TextFrame:
     rows: list[int]  # the row number of each entry in the source file (1-based, header = row 1)
 
 
-def _read_table(source: str) -> pd.DataFrame:
+def read_table(source: str) -> pd.DataFrame:
+    """A file (or ``hf:`` dataset) as a table of its columns; every problem is one line naming the file."""
     if source.startswith("hf:"):
         return _read_hub(source)
     path = Path(source)
@@ -163,13 +164,15 @@ def read_texts(
     pair_column: str | None = None,
     multi_label: bool = False,
     label_separator: str | None = None,
+    table: pd.DataFrame | None = None,
 ) -> TextFrame:
     """Read a file of texts (and labels). Labels are read if the column exists, required if asked.
 
     With ``pair_column``, each input is the pair (text, pair text), as a tuple. With ``multi_label``,
-    each label is a list of labels (see :func:`_parse_label_list`).
+    each label is a list of labels (see :func:`_parse_label_list`). ``table`` is ``source`` already
+    read with :func:`read_table` (so that a caller that needs its other columns reads it once).
     """
-    df = _read_table(source)
+    df = read_table(source) if table is None else table
     if len(df) == 0:
         raise UserError(f"{source}: no rows (only a header, or empty)")
     if text_column not in df.columns:
@@ -298,6 +301,8 @@ def read_options(data_cfg) -> dict:
 
 def load_splits(data_cfg, seed: int) -> Splits:
     """Read the training file, split off a stratified dev set, then add extra rows to train only."""
+    if not data_cfg.train:
+        raise UserError("config: data.train: no training file given; set it to a labelled CSV, TSV, JSONL or Parquet file")
     kw = read_options(data_cfg)
     main = read_texts(data_cfg.train, data_cfg.text_column, data_cfg.label_column, **kw)
     names = label_names_for(main.labels, data_cfg.label_names, data_cfg.train)

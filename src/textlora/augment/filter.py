@@ -20,9 +20,9 @@ WORD = re.compile(r"\w+")
 
 @dataclass
 class FilterConfig:
-    input: str = "runs/synthetic/agnews-smollm2.csv"  # generated rows (text, label[, provenance])
-    output: str = "runs/synthetic/agnews-smollm2.filtered.csv"
-    real: str | None = "../shared/data/agnews/train.csv"  # real training rows: duplicates of these are removed
+    input: str | None = None  # generated rows (text, label: the class name[, provenance])
+    output: str | None = None  # the kept rows (.csv or .parquet)
+    real: str | None = None  # real training rows: duplicates of these are removed
     text_column: str = "text"
     label_column: str = "label"
     min_words: int = 8
@@ -32,10 +32,12 @@ class FilterConfig:
     near_duplicate: float = 0.7  # Jaccard similarity of word 3-gram shingles at which a row is a near duplicate
     classifier: str | None = None  # run directory of a classifier trained on real rows (LAMBADA filter)
     min_confidence: float = 0.7  # keep rows whose predicted class is the prompt's class with at least this probability
-    relabel: bool = False  # instead: take the classifier's label when its confidence reaches min_confidence
+    relabel: bool = False  # instead: take the classifier's label (its class name) when its confidence reaches min_confidence
     seed: int = 42
 
     def __post_init__(self) -> None:
+        _check(self.input is not None, "input", "a file of generated rows", self.input)
+        _check(self.output is not None, "output", "a file to write", self.output)
         _check(0 <= self.min_words <= self.max_words, "min_words/max_words", "0 <= min_words <= max_words", (self.min_words, self.max_words))
         _check(0 < self.near_duplicate <= 1, "near_duplicate", "a number in (0, 1]", self.near_duplicate)
         _check(0 <= self.min_confidence <= 1, "min_confidence", "a number in [0, 1]", self.min_confidence)
@@ -133,89 +135,114 @@ def self_bleu(texts: list[str], sample: int = 100, seed: int = 0) -> float:
 
 
 def filter_rows(config: FilterConfig, overwrite: bool = False) -> Path:
-    """Filter a generated file and write the kept rows plus ``OUTPUT.report.json`` and ``OUTPUT.report.txt``."""
-    import pandas as pd
+    """Filter a generated file and write the kept rows plus ``OUTPUT.report.json`` and ``OUTPUT.report.txt``.
 
-    from textlora.data import read_texts
+    Labels are class names (as ``generate`` writes them); the classifier filter compares its
+    predicted class name with each row's, so the prompt file's class order never matters.
+    """
+    from textlora.data import read_table, read_texts
     from textlora.fsutil import atomic_path, check_output_path
 
     out = check_output_path(config.output, inputs=[config.input, config.real], overwrite=overwrite, flag="output")
-    frame = read_texts(config.input, config.text_column, config.label_column)
-    df = pd.read_csv(config.input, keep_default_na=False) if config.input.endswith(".csv") else pd.read_parquet(config.input)
-    names = sorted(set(frame.labels)) if "label_name" not in df else list(dict.fromkeys(df.sort_values(config.label_column)["label_name"]))
-    labels = np.array(frame.labels)
+    df = read_table(config.input)  # read once: the kept rows are written with every column they came with
+    frame = read_texts(config.input, config.text_column, config.label_column, table=df)
+    labels = np.array([str(v) for v in frame.labels], dtype=object)
+    classes = list(dict.fromkeys(labels))  # in file order: generate writes the rows class by class
     keep = np.ones(len(df), dtype=bool)
     steps = {}
 
     def record(name: str, mask: np.ndarray) -> None:
         removed = keep & ~mask
-        steps[name] = {str(c): int(removed[labels == c].sum()) for c in np.unique(labels)}
+        steps[name] = {c: int(removed[labels == c].sum()) for c in classes}
         keep[:] = keep & mask
 
     words = np.array([len(t.split()) for t in frame.texts])
     record("length", (words >= config.min_words) & (words <= config.max_words))
     record("garbage", np.array([not is_garbage(t, config.min_alpha, config.max_repeat) for t in frame.texts]))
     real_texts = read_texts(config.real, config.text_column, None, require_labels=False).texts if config.real else []
-    real_norm = {normalize(t) for t in real_texts}
-    seen, exact = set(), np.ones(len(df), dtype=bool)
-    for i, t in enumerate(frame.texts):
-        n = normalize(t)
-        exact[i] = n not in real_norm and n not in seen
-        if keep[i] and exact[i]:
-            seen.add(n)
-    record("exact_duplicate", exact)
-    index = MinHashIndex(seed=config.seed)
-    for t in real_texts:
-        index.query_add(shingles(t), 1.1)  # index the real rows (threshold > 1: never a match while adding)
-    near = np.ones(len(df), dtype=bool)
-    for i, t in enumerate(frame.texts):
-        if keep[i]:
-            near[i] = not index.query_add(shingles(t), config.near_duplicate)
-    record("near_duplicate", near)
+    record("exact_duplicate", _exact_new(frame.texts, real_texts, keep))
+    record("near_duplicate", _near_new(frame.texts, real_texts, keep, config))
     if config.classifier:
-        from textlora.predict import load
-
-        clf = load(config.classifier)
-        idx = np.flatnonzero(keep)
-        probs = clf.predict_proba([frame.texts[i] for i in idx], progress=True)
-        pred, conf = probs.argmax(1), probs.max(1)
-        agree = np.ones(len(df), dtype=bool)
-        if config.relabel:
-            agree[idx] = conf >= config.min_confidence
-            labels_out = labels.copy()
-            labels_out[idx] = pred
-        else:
-            agree[idx] = (pred == labels[idx]) & (conf >= config.min_confidence)
-            labels_out = labels
+        agree, labels_out = _classifier_check(config, frame.texts, labels, keep)
         record("classifier_relabel" if config.relabel else "classifier_agreement", agree)
         df[config.label_column] = labels_out
         df["relabelled"] = labels_out != labels
     kept = df[keep]
     with atomic_path(out) as tmp:
         kept.to_csv(tmp, index=False) if out.suffix.lower() != ".parquet" else kept.to_parquet(tmp, index=False)
-    texts_kept = kept[config.text_column].tolist()
+    report = _report(config, out, df, kept, labels, classes, steps)
+    out.with_suffix(".report.json").write_text(json.dumps(report, indent=2))
+    out.with_suffix(".report.txt").write_text(format_report(report))
+    print(format_report(report))
+    return out
+
+
+def _exact_new(texts: list[str], real_texts: list[str], keep: np.ndarray) -> np.ndarray:
+    """False for a row whose normalised text is a real row's or an earlier kept row's."""
+    real_norm = {normalize(t) for t in real_texts}
+    seen, exact = set(), np.ones(len(texts), dtype=bool)
+    for i, t in enumerate(texts):
+        n = normalize(t)
+        exact[i] = n not in real_norm and n not in seen
+        if keep[i] and exact[i]:
+            seen.add(n)
+    return exact
+
+
+def _near_new(texts: list[str], real_texts: list[str], keep: np.ndarray, config: FilterConfig) -> np.ndarray:
+    """False for a kept row whose 3-gram Jaccard with a real row or an earlier kept row reaches the threshold."""
+    index = MinHashIndex(seed=config.seed)
+    for t in real_texts:
+        index.query_add(shingles(t), 1.1)  # index the real rows (threshold > 1: never a match while adding)
+    near = np.ones(len(texts), dtype=bool)
+    for i, t in enumerate(texts):
+        if keep[i]:
+            near[i] = not index.query_add(shingles(t), config.near_duplicate)
+    return near
+
+
+def _classifier_check(config: FilterConfig, texts: list[str], labels: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(kept by the classifier, labels after relabelling): predicted class names against the rows' names."""
+    from textlora.errors import UserError
+    from textlora.predict import load
+
+    clf = load(config.classifier)
+    unknown = sorted(set(labels) - set(clf.label_names))
+    if unknown:
+        raise UserError(f"{config.input}: label '{unknown[0]}' is not a class of --classifier {config.classifier} ({', '.join(clf.label_names)})")
+    idx = np.flatnonzero(keep)
+    probs = clf.predict_proba([texts[i] for i in idx], progress=True)
+    pred = np.array([clf.label_names[k] for k in probs.argmax(1)], dtype=object)
+    conf = probs.max(1)
+    agree = np.ones(len(texts), dtype=bool)
+    labels_out = labels.copy()
+    if config.relabel:
+        agree[idx] = conf >= config.min_confidence
+        labels_out[idx] = pred
+    else:
+        agree[idx] = (pred == labels[idx]) & (conf >= config.min_confidence)
+    return agree, labels_out
+
+
+def _report(config: FilterConfig, out: Path, df, kept, labels: np.ndarray, classes: list[str], steps: dict) -> dict:
+    texts_kept = kept[config.text_column].astype(str).tolist()
+    kept_labels = kept[config.label_column].astype(str)
     rng = random.Random(config.seed)
-    report = {
+    rows_out = {c: int((kept_labels == c).sum()) for c in classes}
+    return {
         "input": config.input,
         "output": str(out),
         "rows_in": int(len(df)),
         "rows_out": int(len(kept)),
-        "rows_in_per_class": {str(c): int((labels == c).sum()) for c in np.unique(labels)},
-        "rows_out_per_class": {str(c): int((kept[config.label_column] == c).sum()) for c in np.unique(labels)},
+        "rows_in_per_class": {c: int((labels == c).sum()) for c in classes},
+        "rows_out_per_class": rows_out,
+        "classes_with_no_rows": [c for c, n in rows_out.items() if n == 0],
         "removed_by_filter_per_class": steps,
         "diversity": {"distinct_1": distinct_n(texts_kept, 1), "distinct_2": distinct_n(texts_kept, 2), "self_bleu_2": self_bleu(texts_kept, seed=config.seed)},
-        "samples": {
-            str(c): rng.sample(kept[kept[config.label_column] == c][config.text_column].tolist(), min(5, int((kept[config.label_column] == c).sum())))
-            for c in np.unique(labels)
-        },
-        "settings": {k: v for k, v in config.__dict__.items()},
-        "label_names": [str(n) for n in names],
+        "samples": {c: rng.sample(kept[kept_labels == c][config.text_column].tolist(), min(5, rows_out[c])) for c in classes},
+        "settings": dict(config.__dict__),
+        "label_names": classes,
     }
-    report_json = out.with_suffix(".report.json")
-    report_json.write_text(json.dumps(report, indent=2))
-    out.with_suffix(".report.txt").write_text(format_report(report))
-    print(format_report(report))
-    return out
 
 
 def format_report(r: dict) -> str:
