@@ -23,7 +23,7 @@ from textlora.errors import UserError
 @dataclass
 class ModelConfig:
     name: str = "minilm"  # hub id, local folder, or alias ("minilm": the pip-packaged all-MiniLM-L6-v2)
-    max_length: int = 128  # tokens per text; longer texts are truncated
+    max_length: int | str = 128  # tokens per text, longer texts are truncated; auto: the 90th percentile of the training texts (at most 512)
     max_length_percentile: float | None = None  # if set, cap max_length at this percentile of the training texts' lengths
     dropout: float | None = None  # overrides every dropout of the base model while training; None keeps the model's own
     attn_implementation: str = "auto"  # auto (eager on CPU: faster for short texts there; sdpa on GPU) | eager | sdpa
@@ -31,7 +31,12 @@ class ModelConfig:
     head_hidden: int = 64  # width of the mlp head's hidden layer
 
     def __post_init__(self) -> None:
-        _check(self.max_length >= 8, "model.max_length", "an integer >= 8", self.max_length)
+        _check(
+            self.max_length == "auto" or (isinstance(self.max_length, int) and self.max_length >= 8),
+            "model.max_length",
+            "an integer >= 8 or auto",
+            self.max_length,
+        )
         if self.max_length_percentile is not None:
             _check(50 <= self.max_length_percentile <= 100, "model.max_length_percentile", "a number in [50, 100]", self.max_length_percentile)
         if self.dropout is not None:
@@ -69,7 +74,7 @@ class BudgetConfig:
 
 @dataclass
 class DataConfig:
-    train: str = "../shared/data/agnews/train.csv"  # CSV, TSV, JSONL, Parquet, or "hf:NAME[:SPLIT]"
+    train: str | None = None  # the labelled rows (required to train): CSV, TSV, JSONL, Parquet, or "hf:NAME[:SPLIT]"
     text_column: str = "text"
     text_pair_column: str | None = None  # a second text column: each row is tokenized as the pair (text, pair)
     label_column: str = "label"
@@ -189,7 +194,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        first = None
+        for option in inner:  # int | str: the first type that takes the value (128 is an int, "auto" a string)
+            try:
+                return _coerce(value, option, key)
+            except UserError as e:
+                first = first or e
+        raise first
     if origin is dict:
         key_tp, val_tp = typing.get_args(tp)
         if not isinstance(value, dict):

