@@ -32,6 +32,18 @@ def _train(args, extra: list[str]) -> int:
     return 0
 
 
+def _pipeline(args, extra: list[str]) -> int:
+    from textlora.pipeline import load_pipeline_config, pipeline
+    from textlora.train import TrainingInterrupted
+
+    try:
+        pipeline(load_pipeline_config(args.config, extra), overwrite=args.overwrite)
+    except TrainingInterrupted as e:
+        print(f"textlora pipeline: {e}; run the same command again to continue", file=sys.stderr)
+        return 128 + e.signum
+    return 0
+
+
 def _evaluate(args, extra: list[str]) -> int:
     from textlora.evaluate import evaluate, format_metrics
 
@@ -170,6 +182,14 @@ VERBS = {
             (("--overwrite",), dict(action="store_true", help="start afresh in an output_dir that already holds a run")),
         ],
     ),
+    "pipeline": (
+        _pipeline,
+        "textlora.pipeline:pipeline",
+        [
+            (("--config",), dict(required=True, help="pipeline YAML (e.g. configs/amazon-dvd-electronics.yaml); dotted overrides follow")),
+            (("--overwrite",), dict(action="store_true", help="redo every stage instead of reusing the cached ones")),
+        ],
+    ),
     "evaluate": (
         _evaluate,
         "textlora.evaluate:evaluate",
@@ -263,9 +283,10 @@ VERBS = {
     ),
 }
 
-ACCEPTS_OVERRIDES = {"train", "budget", "adapt", "generate", "filter"}
+ACCEPTS_OVERRIDES = {"train", "pipeline", "budget", "adapt", "generate", "filter"}
 SUMMARIES = {
     "train": "train a LoRA classifier from a YAML config and write a run directory",
+    "pipeline": "the whole method on any data: adapt, generate, filter, train, self-train, evaluate, predict",
     "evaluate": "accuracy, macro-F1, per-class scores and confusion matrix on a labelled file",
     "predict": "predict a file to an ID,Label CSV, or one --text",
     "budget": "print the trainable-parameter breakdown of a config against its budget, or --plan one",

@@ -1,0 +1,147 @@
+"""Does the method help under a domain shift, on more than one task? `textlora pipeline` variants, measured.
+
+    python bench/domain.py --tasks dvd --variants source-only instruct source labelled --seeds 42 43
+    python bench/domain.py --tasks agnews --variants file --seeds 42
+
+Tasks are the shipped pipeline configs: `dvd` (configs/amazon-dvd-electronics.yaml: DVD reviews ->
+electronics reviews) and `agnews` (configs/agnews-pipeline.yaml: AG News -> the competition's target
+texts). Variants change one thing each:
+
+- `source-only`: no synthetic rows (`--synthetic.enabled false`): the same classifier on the source rows;
+- `instruct`, `source`, `labelled`: the automatic prompt modes (`--synthetic.prompts MODE`);
+- `file`: the config's own prompt setting (AG News: the hand-written prompt file);
+- `instruct+st`: instruct plus one self-training round.
+
+Seeds change the classifier only (split, init, order): the adapted LM and the generated rows of a
+variant are shared across seeds, and the LM across variants that adapt alike (`--adapt.output_dir`,
+`--generate.output`), as the pipeline's content cache allows. For each run it records dev and target accuracy (with the target's standard
+error), every stage's wall time from the pipeline's summary, and, for the label-free choice of a
+checkpoint, the epoch that the dev split and the held-out generated rows ("synthetic") would each
+choose, with the target accuracy at that epoch (the target only measures). Results are appended to
+bench/results/domain.json with the CPU they ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "domain.json"
+WORK = ROOT / "runs" / "domain-bench"
+TASKS = {"dvd": "configs/amazon-dvd-electronics.yaml", "agnews": "configs/agnews-pipeline.yaml"}
+VARIANTS = {
+    "source-only": ["--synthetic.enabled", "false"],
+    "instruct": ["--synthetic.prompts", "instruct"],
+    "source": ["--synthetic.prompts", "source"],
+    "labelled": ["--synthetic.prompts", "labelled"],
+    "file": [],
+    "instruct+st": ["--synthetic.prompts", "instruct", "--self_training.rounds", "1"],
+}
+SHARED = {"instruct+st": "instruct"}  # variants that generate exactly what another one does
+
+
+def cpu() -> dict:
+    """lscpu's model name and the flags that decide CPU speed here, and torch's CPU capability."""
+    import torch
+
+    info = {"platform": platform.platform()}
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+        info["model_name"] = fields.get("Model name", "").strip()
+        flags = fields.get("Flags", "").split()
+        info["flags"] = [f for f in flags if f.startswith(("avx512_bf16", "amx", "avx512f", "avx2", "avx_vnni", "avx512_vnni"))]
+    except OSError:
+        pass
+    info["torch_capability"] = torch.backends.cpu.get_cpu_capability()
+    info["cores"] = len(__import__("os").sched_getaffinity(0))
+    return info
+
+
+def selection(run: Path) -> dict:
+    """Which epoch the dev split and the held-out generated rows would choose, and the target accuracy there."""
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    out = {"epochs": [{"epoch": h["epoch"], "dev": h["accuracy"], **{n: s["accuracy"] for n, s in (h.get("eval_sets") or {}).items()}} for h in history]}
+    for signal in ("dev", "synthetic"):
+        scored = [e for e in out["epochs"] if signal in e]
+        if scored and all("target" in e for e in scored):
+            best = max(scored, key=lambda e: e[signal])  # the first of equals, as training keeps it
+            out[f"by_{signal}"] = {"epoch": best["epoch"], "target": best["target"]}
+    return out
+
+
+def run_one(task: str, variant: str, seed: int) -> dict:
+    out = WORK / f"{task}-{variant}-s{seed}"
+    share = WORK / f"{task}-{SHARED.get(variant, variant)}-shared"
+    lm = WORK / f"{task}-lm-{'labelled' if variant == 'labelled' else 'target'}"  # only label-conditioned adaptation differs
+    argv = [sys.executable, "-m", "textlora", "pipeline", "--config", TASKS[task], "--output_dir", str(out), "--seed", str(seed), *VARIANTS[variant]]
+    if variant != "source-only":
+        argv += ["--adapt.output_dir", str(lm), "--generate.output", str(share / "rows.csv")]
+    t0 = time.perf_counter()
+    subprocess.run(argv, cwd=ROOT, check=True)
+    summary = json.loads((out / "pipeline.json").read_text())
+    target = summary["metrics"]["target"]
+    record = {
+        "task": task,
+        "variant": variant,
+        "seed": seed,
+        "dev": summary["metrics"]["dev"]["accuracy"],
+        "target": target["accuracy"],
+        "target_se": round(math.sqrt(target["accuracy"] * (1 - target["accuracy"]) / target["n"]), 4),
+        "target_n": target["n"],
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "stages": {s["stage"]: {"seconds": s.get("seconds"), "cached": s["cached"], "rows": s.get("rows")} for s in summary["stages"]},
+        "selection": selection(out / "classifier"),
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    print(json.dumps(record), flush=True)
+    return record
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", nargs="+", default=["dvd"], choices=sorted(TASKS))
+    ap.add_argument("--variants", nargs="+", default=["source-only", "instruct"], choices=list(VARIANTS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[42, 43])
+    args = ap.parse_args()
+    machine = cpu()
+    print(f"cpu: {machine}", flush=True)
+    saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": []}
+    for task in args.tasks:
+        for variant in args.variants:
+            for seed in args.seeds:
+                record = {**run_one(task, variant, seed), "cpu": machine}
+                saved["runs"] = [
+                    r for r in saved["runs"] if (r["task"], r["variant"], r["seed"], r["cpu"]["model_name"]) != (task, variant, seed, machine.get("model_name"))
+                ]
+                saved["runs"].append(record)
+                RESULTS.parent.mkdir(parents=True, exist_ok=True)
+                RESULTS.write_text(json.dumps(saved, indent=2))
+    print(table(saved["runs"]))
+
+
+def table(runs: list[dict]) -> str:
+    """A markdown table: one row a run, stage seconds (cached stages in brackets)."""
+    lines = [
+        "| task | variant | seed | dev | target ± SE | by dev: epoch / target | by synthetic: epoch / target | stages (s) | CPU |",
+        "|---|---|---|---:|---:|---|---|---|---|",
+    ]
+    for r in runs:
+        sel = r["selection"]
+        pick = {k: f"{sel[k]['epoch']:g} / {sel[k]['target']:.4f}" if k in sel else "" for k in ("by_dev", "by_synthetic")}
+        stages = ", ".join(f"{n} {'[' if s['cached'] else ''}{s['seconds']:.0f}{']' if s['cached'] else ''}" for n, s in r["stages"].items())
+        lines.append(
+            f"| {r['task']} | {r['variant']} | {r['seed']} | {r['dev']:.4f} | {r['target']:.4f} ± {r['target_se']:.3f} | {pick['by_dev']} | {pick['by_synthetic']} | {stages} | {r['cpu'].get('model_name', '')} ({r['cpu'].get('torch_capability', '')}) |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
