@@ -143,9 +143,13 @@ def test_automatic_prompts_from_the_class_names_and_the_source_rows(task, tiny_b
 
 
 def test_label_conditioned_adaptation_trains_on_labelled_source_rows(task, tiny_bert, tiny_gpt2, capsys):
-    cfg = pipeline_config(task, tiny_bert, tiny_gpt2, synthetic={"prompts": "labelled"})
+    shared = task / "shared"  # the LM and the generated rows in a folder of their own, as several pipelines may share them
+    cfg = pipeline_config(
+        task, tiny_bert, tiny_gpt2, synthetic={"prompts": "labelled"}, adapt={"output_dir": str(shared / "lm")}, generate={"output": str(shared / "rows.csv")}
+    )
     assert main(["pipeline", "--config", write(task / "p.yaml", cfg)]) == 0
-    lm = json.loads((task / "out" / "lm" / "adapt_metrics.json").read_text())
+    lm = json.loads((shared / "lm" / "adapt_metrics.json").read_text())
+    assert (shared / "rows.csv").is_file() and (task / "out" / "synthetic" / "train.csv").is_file()
     assert lm["labelled_rows"] > 0 and lm["train_texts"] == lm["target_texts"] + lm["labelled_rows"]
     made = yaml.safe_load((task / "out" / "prompts.yaml").read_text())["classes"]
     assert made == {"sports": ["sports:"], "business": ["business:"], "science": ["science:"]}

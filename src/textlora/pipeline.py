@@ -286,7 +286,7 @@ def _check_inputs(r: _Run) -> None:
 
 
 def _adapt(r: _Run) -> None:
-    from textlora.augment.adapt import AdaptConfig, adapt, adapt_key
+    from textlora.augment.adapt import AdaptConfig, adapt, adapt_key, is_adapted
 
     settings = {"max_length": "auto", "output_dir": str(r.out / "lm"), **r.config.adapt}
     settings |= {"texts": r.config.target.texts, "text_column": r.config.target.text_column, "exclude": r.eval_files}
@@ -299,10 +299,13 @@ def _adapt(r: _Run) -> None:
     if cached and (r.lm / "adapt_metrics.json").is_file():
         r.stages.report("adapt", cached, cached=True)
         return
+    reused = is_adapted(acfg)  # made by another pipeline that shares this output_dir: no new work
     t0 = r.stages.start("adapt", key)
     adapt(acfg, reuse=True)
     m = json.loads((r.lm / "adapt_metrics.json").read_text())
-    note = f"perplexity {m['perplexity_before']:.1f} -> {m['perplexity_after']:.1f} on {m['heldout_texts']} held-out target texts"
+    note = (
+        "reused " + str(r.lm) + "; " if reused else ""
+    ) + f"perplexity {m['perplexity_before']:.1f} -> {m['perplexity_after']:.1f} on {m['heldout_texts']} held-out target texts"
     if m.get("labelled_rows"):
         note += f"; {m['labelled_rows']:,} labelled source rows"
     r.stages.finish("adapt", key, t0, rows=m.get("target_texts", m["train_texts"]), note=note)
@@ -347,7 +350,7 @@ def _prompts(r: _Run) -> str:
 
 
 def _generate(r: _Run) -> None:
-    from textlora.augment.generate import GenerateConfig, generate, generate_key
+    from textlora.augment.generate import GenerateConfig, generate, generate_key, is_generated
 
     settings = {"output": str(r.out / "synthetic" / "rows.csv"), "keep_prompt": r.config.synthetic.prompts == "source", **r.config.generate}
     settings |= {"model": str(r.lm), "prompts": _prompts(r)}
@@ -362,10 +365,13 @@ def _generate(r: _Run) -> None:
     if cached and r.generated.is_file():
         r.stages.report("generate", cached, cached=True)
         return
+    reused = is_generated(gcfg, r.label_names)
     t0 = r.stages.start("generate", key)
     generate(gcfg, label_names=r.label_names, reuse=True)
     s = json.loads(r.generated.with_suffix(".generate.json").read_text())
-    note = f"{s['tokens_per_s']:.0f} new tokens/s, {gcfg.length_mean:.0f} +- {gcfg.length_std:.0f} tokens a row, prompts: {r.config.synthetic.prompts}"
+    note = (
+        "reused " + str(r.generated) + "; " if reused else ""
+    ) + f"{s['tokens_per_s']:.0f} new tokens/s, {gcfg.length_mean:.0f} +- {gcfg.length_std:.0f} tokens a row, prompts: {r.config.synthetic.prompts}"
     r.stages.finish("generate", key, t0, rows=s["rows_written"], note=note)
 
 
@@ -395,6 +401,7 @@ def _filter(r: _Run) -> None:
     split = {"dev_fraction": r.config.synthetic.dev_fraction, "seed": cfg.seed}
     key = fingerprint({**asdict(fcfg), **split}, [fcfg.input, fcfg.real, fcfg.classifier], paths=("input", "output", "real", "classifier"))
     train_file, dev_file = r.out / "synthetic" / "train.csv", r.out / "synthetic" / "heldout.csv"
+    filtered.parent.mkdir(parents=True, exist_ok=True)  # generate.output may be elsewhere (shared by several pipelines)
     cached = r.stages.done("filter", key)
     if not (cached and train_file.is_file()):
         t0 = r.stages.start("filter", key)
