@@ -82,6 +82,7 @@ def _predict(args, extra: list[str]) -> int:
         with_probs=args.with_probs,
         batch_size=args.batch_size,
         overwrite=args.overwrite,
+        chunk_rows=args.chunk_rows,
     )
     if isinstance(result, dict):
         print(f"{result['label']}\t{result['label_name']}")
@@ -218,6 +219,7 @@ VERBS = {
             (("--with-names",), dict(action="store_true", help="add a LabelName column (LabelNames for multi-label runs)")),
             (("--with-probs",), dict(action="store_true", help="add a P(name) column per class")),
             (("--batch-size",), dict(type=int, default=32)),
+            (("--chunk-rows",), dict(type=int, default=20_000, help="rows read, predicted and written at a time (memory stays flat)")),
             (("--overwrite",), dict(action="store_true")),
         ],
     ),

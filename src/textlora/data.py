@@ -7,6 +7,7 @@ cause is a :class:`UserError` that names the file, the column or the row.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,27 +34,37 @@ def read_table(source: str) -> pd.DataFrame:
     """A file (or ``hf:`` dataset) as a table of its columns; every problem is one line naming the file."""
     if source.startswith("hf:"):
         return _read_hub(source)
+    tables = list(read_table_chunks(source, None))
+    return tables[0] if len(tables) == 1 else pd.concat(tables, ignore_index=True)
+
+
+def read_table_chunks(source: str, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
+    """``source`` as consecutive tables of at most ``chunk_rows`` rows (None: one table), read as they are
+    needed: CSV/TSV and JSONL are parsed chunk by chunk and Parquet batch by batch, so memory stays flat.
+    ``.json`` files and hub datasets are read whole and then sliced. Every problem is one line naming the file."""
+    if source.startswith("hf:"):
+        df = _read_hub(source)
+        yield from (df.iloc[i : i + chunk_rows] for i in range(0, len(df), chunk_rows)) if chunk_rows else [df]
+        return
     path = Path(source)
     if not path.exists():
         raise UserError(f"{source}: file not found")
     if path.is_dir():
         raise UserError(f"{source}: is a directory, expected a CSV, TSV, JSONL or Parquet file")
     suffix = path.suffix.lower()
+    if suffix not in (".csv", ".tsv", ".txt", ".jsonl", ".json", ".parquet"):
+        raise UserError(f"{source}: unknown file type '{suffix}', expected .csv, .tsv, .jsonl or .parquet")
+    header = None
     try:
-        if suffix in (".csv", ".tsv", ".txt"):
-            df = pd.read_csv(
-                path,
-                sep="\t" if suffix == ".tsv" else ",",
-                dtype=str,
-                keep_default_na=False,
-                encoding="utf-8-sig",  # tolerates a byte-order mark
-            )
-        elif suffix in (".jsonl", ".json"):
-            df = pd.read_json(path, lines=suffix == ".jsonl", dtype=False, encoding="utf-8")
-        elif suffix == ".parquet":
-            df = pd.read_parquet(path)
-        else:
-            raise UserError(f"{source}: unknown file type '{suffix}', expected .csv, .tsv, .jsonl or .parquet")
+        for df in _parse(path, suffix, chunk_rows):
+            cols = [str(c) for c in df.columns]
+            if header is None:
+                header = _raw_header(path) if suffix in (".csv", ".tsv", ".txt") else cols
+                dupes = sorted({c for c in header if header.count(c) > 1})
+                if dupes:
+                    raise UserError(f"{source}: duplicate column name {', '.join(repr(d) for d in dupes)} in the header")
+            df.columns = cols
+            yield df
     except UserError:
         raise
     except PermissionError:
@@ -65,13 +76,34 @@ def read_table(source: str) -> pd.DataFrame:
     except (ValueError, pd.errors.ParserError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{source}: cannot be parsed ({first})") from None
-    cols = [str(c) for c in df.columns]
-    header = _raw_header(path) if suffix in (".csv", ".tsv", ".txt") else cols
-    dupes = sorted({c for c in header if header.count(c) > 1})
-    if dupes:
-        raise UserError(f"{source}: duplicate column name {', '.join(repr(d) for d in dupes)} in the header")
-    df.columns = cols
-    return df
+
+
+def _parse(path: Path, suffix: str, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
+    if suffix in (".csv", ".tsv", ".txt"):
+        kw = dict(sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False, encoding="utf-8-sig")  # utf-8-sig: a byte-order mark is fine
+        if chunk_rows is None:
+            yield pd.read_csv(path, **kw)
+            return
+        with pd.read_csv(path, chunksize=chunk_rows, **kw) as reader:
+            empty = True
+            for df in reader:
+                empty = False
+                yield df
+            if empty:  # a header alone: one empty table, so that callers see the columns
+                yield pd.read_csv(path, nrows=0, **kw)
+    elif suffix == ".jsonl" and chunk_rows is not None:
+        with pd.read_json(path, lines=True, dtype=False, encoding="utf-8", chunksize=chunk_rows) as reader:
+            yield from reader
+    elif suffix in (".jsonl", ".json"):
+        df = pd.read_json(path, lines=suffix == ".jsonl", dtype=False, encoding="utf-8")
+        yield from (df.iloc[i : i + chunk_rows] for i in range(0, len(df), chunk_rows)) if chunk_rows else [df]
+    elif chunk_rows is None:
+        yield pd.read_parquet(path)
+    else:
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+            yield batch.to_pandas()
 
 
 def _raw_header(path: Path) -> list[str]:
@@ -165,15 +197,17 @@ def read_texts(
     multi_label: bool = False,
     label_separator: str | None = None,
     table: pd.DataFrame | None = None,
+    offset: int = 0,
 ) -> TextFrame:
     """Read a file of texts (and labels). Labels are read if the column exists, required if asked.
 
     With ``pair_column``, each input is the pair (text, pair text), as a tuple. With ``multi_label``,
     each label is a list of labels (see :func:`_parse_label_list`). ``table`` is ``source`` already
-    read with :func:`read_table` (so that a caller that needs its other columns reads it once).
+    read with :func:`read_table` (so that a caller that needs its other columns reads it once), or
+    one chunk of it whose first row is the file's ``offset``-th (row numbers then count from the file's start).
     """
     df = read_table(source) if table is None else table
-    if len(df) == 0:
+    if len(df) == 0 and offset == 0:
         raise UserError(f"{source}: no rows (only a header, or empty)")
     if text_column not in df.columns:
         raise UserError(f"{source}: missing text column '{text_column}' (found: {', '.join(df.columns)})")
@@ -182,25 +216,40 @@ def read_texts(
         raise UserError(f"{source}: missing label column '{label_column}' (found: {', '.join(df.columns)})")
     if pair_column is not None and pair_column not in df.columns:
         raise UserError(f"{source}: missing pair column '{pair_column}' (data.text_pair_column; found: {', '.join(df.columns)})")
-    texts = [_text(t, source, i, text_column) for i, t in enumerate(df[text_column].tolist())]
+    texts = [_text(t, source, i, text_column) for i, t in enumerate(df[text_column].tolist(), offset)]
     if pair_column is not None:  # each input is (text, pair): tokenized as a pair
-        texts = [(t, _text(p, source, i, pair_column)) for i, (t, p) in enumerate(zip(texts, df[pair_column].tolist()))]
+        texts = [(t, _text(p, source, i, pair_column)) for i, (t, p) in enumerate(zip(texts, df[pair_column].tolist()), offset)]
     labels = None
     if has_labels:
         if multi_label:
-            labels = [_parse_label_list(v, source, _row_of(source, i), label_column, label_separator) for i, v in enumerate(df[label_column].tolist())]
+            labels = [_parse_label_list(v, source, _row_of(source, i), label_column, label_separator) for i, v in enumerate(df[label_column].tolist(), offset)]
         else:
-            labels = [_parse_label(v, source, _row_of(source, i), label_column) for i, v in enumerate(df[label_column].tolist())]
+            labels = [_parse_label(v, source, _row_of(source, i), label_column) for i, v in enumerate(df[label_column].tolist(), offset)]
         flat = [(i, v) for i, row in enumerate(labels) for v in (row if multi_label else [row])]
         if len({type(v) for _, v in flat}) > 1:
             first_str = next((i, v) for i, v in flat if isinstance(v, str))
             first_int = next((i, v) for i, v in flat if isinstance(v, int))
             raise UserError(
                 f"{source}: column '{label_column}' mixes integer and string labels "
-                f"(row {_row_of(source, first_int[0])}: {first_int[1]!r}, row {_row_of(source, first_str[0])}: {first_str[1]!r})"
+                f"(row {_row_of(source, offset + first_int[0])}: {first_int[1]!r}, row {_row_of(source, offset + first_str[0])}: {first_str[1]!r})"
             )
     ids = df["id"].tolist() if "id" in df.columns else None
-    return TextFrame(source, texts, labels, ids, [_row_of(source, i) for i in range(len(df))])
+    return TextFrame(source, texts, labels, ids, [_row_of(source, i) for i in range(offset, offset + len(df))])
+
+
+def read_text_chunks(source: str, text_column: str = "text", *, chunk_rows: int, pair_column: str | None = None) -> Iterator[TextFrame]:
+    """The texts (and ids) of ``source``, ``chunk_rows`` rows at a time, checked as :func:`read_texts` checks
+    them (row numbers count from the file's start): for streaming prediction at any input size."""
+    offset = 0
+    for table in read_table_chunks(source, chunk_rows):
+        if len(table) == 0 and offset == 0 and text_column in table.columns:
+            raise UserError(f"{source}: no rows (only a header, or empty)")
+        frame = read_texts(source, text_column, None, require_labels=False, pair_column=pair_column, table=table, offset=offset)
+        offset += len(table)
+        if frame.texts:
+            yield frame
+    if offset == 0:
+        raise UserError(f"{source}: no rows (only a header, or empty)")
 
 
 def same_text(text: str) -> str:

@@ -8,6 +8,7 @@ opens a run once and returns the right one. Batching, precision and the inferenc
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -88,16 +89,15 @@ def load(run: str | os.PathLike | Run, **kwargs) -> Classifier | OnnxClassifier:
     return Classifier(run, **kwargs)
 
 
-def _sharded_proba(clf: Classifier, texts: list[str]) -> np.ndarray | None:
+def _sharded_proba(clf: Classifier, texts: list[str], dist_info) -> np.ndarray | None:
     """Probabilities for ``texts``; under torchrun each rank scores every world-th text and
     rank 0 gathers them back into input order (other ranks get None)."""
-    dist_info, _ = init_distributed()
     if dist_info.world == 1:
-        return clf.predict_proba(texts, progress=True)
+        return clf.predict_proba(texts, progress=len(texts) > 2000)
     import torch.distributed as dist
 
     idx = np.arange(dist_info.rank, len(texts), dist_info.world)
-    part = clf.predict_proba([texts[i] for i in idx], progress=dist_info.main)
+    part = clf.predict_proba([texts[i] for i in idx], progress=dist_info.main and len(texts) > 2000)
     gathered = [None] * dist_info.world if dist_info.main else None
     dist.gather_object((idx, part), gathered, dst=0)
     probs = None
@@ -105,8 +105,26 @@ def _sharded_proba(clf: Classifier, texts: list[str]) -> np.ndarray | None:
         probs = np.empty((len(texts), part.shape[1]), dtype=np.float32)
         for i, p in gathered:
             probs[i] = p
-    finish_distributed(dist_info)
     return probs
+
+
+def _prediction_table(clf, config, probs: np.ndarray, ids, with_names: bool, with_probs: bool):
+    """One chunk's output rows: ID,Label (multi-label: ID,Labels as JSON lists), optional names and probabilities."""
+    import pandas as pd
+
+    pred = chosen(probs, config)
+    if config.data.multi_label:  # one row per input: its labels as a JSON list (possibly empty)
+        df = pd.DataFrame({"ID": ids, "Labels": [json.dumps(k) for k in pred]})
+        if with_names:
+            df["LabelNames"] = [json.dumps([clf.label_names[j] for j in k]) for k in pred]
+    else:
+        df = pd.DataFrame({"ID": ids, "Label": pred})
+        if with_names:
+            df["LabelName"] = [clf.label_names[k] for k in pred]
+    if with_probs:
+        for j, name in enumerate(clf.label_names):
+            df[f"P({name})"] = probs[:, j].round(6)
+    return df
 
 
 def predict(
@@ -121,6 +139,7 @@ def predict(
     with_probs: bool = False,
     batch_size: int = 32,
     overwrite: bool = False,
+    chunk_rows: int = 20_000,
 ) -> dict | Path:
     """Predict labels for a file (written as an ``ID,Label`` CSV) or for one ``text`` (returned).
 
@@ -136,10 +155,11 @@ def predict(
         with_probs: add one ``P(<label name>)`` column per class.
         batch_size: texts per forward pass.
         overwrite: replace an existing output file.
+        chunk_rows: rows read, tokenized and predicted at a time (sorted by length within a chunk,
+            written in input order as they finish), so that memory stays flat at any input size.
     """
-    import pandas as pd
 
-    from textlora.data import read_texts
+    from textlora.data import read_text_chunks
     from textlora.fsutil import atomic_path, check_output_path
 
     if (data is None) == (text is None):
@@ -162,25 +182,27 @@ def predict(
         return {"label": k, "label_name": names, "probabilities": {n: float(p) for n, p in zip(clf.label_names, probs[0])}}
     if output is None:
         raise UserError("predict: --output is required with --data")
+    if chunk_rows < 1:
+        raise UserError(f"--chunk-rows: expected an integer >= 1, found {chunk_rows}")
     out = check_output_path(output, inputs=[data], overwrite=overwrite, flag="--output")
-    frame = read_texts(data, text_column, None, require_labels=False, pair_column=pair_column)
+    chunks = read_text_chunks(data, text_column, chunk_rows=chunk_rows, pair_column=pair_column)
+    first = next(chunks)  # the file's problems (missing, no text column, empty) before any weights load
     clf = load(run, batch_size=batch_size)
-    probs = _sharded_proba(clf, frame.texts)
-    if probs is None:  # a rank other than 0 under torchrun: rank 0 writes the output
-        return out
-    pred = chosen(probs, config)
-    ids = frame.ids if frame.ids is not None else np.arange(len(pred))
-    if config.data.multi_label:  # one row per input: its labels as a JSON list (possibly empty)
-        df = pd.DataFrame({"ID": ids, "Labels": [json.dumps(k) for k in pred]})
-        if with_names:
-            df["LabelNames"] = [json.dumps([clf.label_names[j] for j in k]) for k in pred]
+    dist_info, _ = init_distributed()
+
+    def stream(f) -> None:
+        start = 0
+        for k, frame in enumerate(itertools.chain([first], chunks)):
+            probs = _sharded_proba(clf, frame.texts, dist_info)
+            if f is not None:  # rank 0 (or the only process) writes, chunk by chunk, in input order
+                ids = frame.ids if frame.ids is not None else np.arange(start, start + len(frame.texts))
+                _prediction_table(clf, config, probs, ids, with_names, with_probs).to_csv(f, header=k == 0, index=False)
+            start += len(frame.texts)
+
+    if dist_info.main:
+        with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+            stream(f)
     else:
-        df = pd.DataFrame({"ID": ids, "Label": pred})
-        if with_names:
-            df["LabelName"] = [clf.label_names[k] for k in pred]
-    if with_probs:
-        for j, name in enumerate(clf.label_names):
-            df[f"P({name})"] = probs[:, j].round(6)
-    with atomic_path(out) as tmp:
-        df.to_csv(tmp, index=False)
+        stream(None)
+    finish_distributed(dist_info)
     return out
