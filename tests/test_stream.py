@@ -50,3 +50,24 @@ def test_a_header_alone_is_no_rows(trained, tmp_path):
     (tmp_path / "h.csv").write_text("id,text\n")
     with pytest.raises(UserError, match="no rows"):
         predict(str(trained / "run"), data=str(tmp_path / "h.csv"), output=str(tmp_path / "o.csv"), chunk_rows=4)
+
+
+def test_streamed_pseudolabel_equals_one_chunk(trained, tmp_path):
+    import json
+
+    from textlora.pseudolabel import pseudolabel
+
+    df = make_texts(10, seed=11).drop(columns=["label"])
+    df.insert(0, "id", [f"u{i}" for i in range(len(df))])
+    src = tmp_path / "u.csv"
+    df.to_csv(src, index=False)
+    exclude = tmp_path / "ex.csv"
+    df.iloc[[3, 17]][["text"]].to_csv(exclude, index=False)
+    outs = []
+    for chunk in (10_000, 4, 1):
+        out = pseudolabel(str(trained / "run"), str(src), str(tmp_path / f"p{chunk}.csv"), min_confidence=0.4, balance=True, exclude=[str(exclude)], chunk_rows=chunk)
+        outs.append((out.read_text(), json.loads(out.with_name(out.name + ".report.json").read_text())))
+    assert outs[0] == outs[1] == outs[2]
+    kept = pd.read_csv(tmp_path / "p4.csv")
+    assert len(kept) > 0 and not {"u3", "u17"} & set(kept["id"]) and outs[0][1]["excluded"] == 2
+    assert kept["id"].tolist() == sorted(kept["id"], key=lambda s: int(s[1:]))  # input order

@@ -106,6 +106,7 @@ def _pseudolabel(args, extra: list[str]) -> int:
         exclude=args.exclude,
         batch_size=args.batch_size,
         overwrite=args.overwrite,
+        chunk_rows=args.chunk_rows,
     )
     print(f"wrote {out} and {out.name}.report.json")
     return 0
@@ -236,6 +237,7 @@ VERBS = {
             (("--balance",), dict(action="store_true", help="every class keeps as many rows as the class with the fewest")),
             (("--exclude",), dict(nargs="*", default=[], help="files whose texts are never labelled (e.g. eval sets)")),
             (("--batch-size",), dict(type=int, default=32)),
+            (("--chunk-rows",), dict(type=int, default=20_000, help="rows read at a time (memory stays flat)")),
             (("--overwrite",), dict(action="store_true")),
         ],
     ),

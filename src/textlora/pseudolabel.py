@@ -6,6 +6,7 @@ dev split; each carries its provenance (teacher run, confidence, source file and
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -43,6 +44,31 @@ def _spread(values: np.ndarray) -> dict:
     return {"n": int(len(values)), "min": float(q[0]), "p10": float(q[1]), "median": float(q[2]), "p90": float(q[3]), "max": float(q[4])}
 
 
+def _write_chosen(path, data, text_column, chunk_rows, banned, chosen, names, pred, conf, provenance) -> None:
+    """Pass 2: read ``data`` again and write the chosen rows (indices among the texts not excluded), in input order."""
+    import pandas as pd
+
+    from textlora.data import read_text_chunks, same_text
+
+    wanted = set(chosen.tolist())
+    k, header = 0, True  # k: index among the texts not excluded
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        for frame in read_text_chunks(data, text_column, chunk_rows=chunk_rows):
+            ids = frame.ids if frame.ids is not None else frame.rows
+            rows = []
+            for text, row_id in zip(frame.texts, ids):
+                if same_text(text) in banned:
+                    continue
+                if k in wanted:
+                    rows.append(
+                        {"text": text, "label": names[pred[k]], "label_id": int(pred[k]), "confidence": round(float(conf[k]), 6), **provenance, "id": row_id}
+                    )
+                k += 1
+            cols = ["text", "label", "label_id", "confidence", "teacher", "source", "id"]
+            pd.DataFrame(rows, columns=cols).to_csv(f, header=header, index=False)
+            header = False
+
+
 def pseudolabel(
     model: str,
     data: str,
@@ -54,6 +80,7 @@ def pseudolabel(
     exclude: list[str] | None = None,
     batch_size: int = 32,
     overwrite: bool = False,
+    chunk_rows: int = 20_000,
 ) -> Path:
     """Label the texts of ``data`` with a trained run and write the confident ones as training rows.
 
@@ -72,10 +99,10 @@ def pseudolabel(
         exclude: files whose texts must not be labelled (e.g. the eval sets: they are never trained on).
         batch_size: texts per forward pass.
         overwrite: replace an existing output.
+        chunk_rows: rows read at a time: the texts are read twice (probabilities, then the chosen
+            rows), so that memory stays flat at any input size.
     """
-    import pandas as pd
-
-    from textlora.data import read_texts, same_text, texts_in
+    from textlora.data import read_text_chunks, same_text, texts_in
     from textlora.fsutil import atomic_path, check_output_path
     from textlora.predict import load
     from textlora.run import open_run
@@ -91,50 +118,48 @@ def pseudolabel(
         raise UserError(
             f"--model {model}: pseudolabel takes single-text, single-label runs; this one is {'multi-label' if saved.data.multi_label else 'a sentence-pair run'}"
         )
-    frame = read_texts(data, text_column, None, require_labels=False)
+    if chunk_rows < 1:
+        raise UserError(f"--chunk-rows: expected an integer >= 1, found {chunk_rows}")
     banned = texts_in(exclude or [], text_column)
-    keep_rows = [i for i, t in enumerate(frame.texts) if same_text(t) not in banned]
-    if not keep_rows:
-        raise UserError(f"{data}: every text is in an --exclude file; nothing to label")
-    texts = [frame.texts[i] for i in keep_rows]
+    chunks = read_text_chunks(data, text_column, chunk_rows=chunk_rows)
+    first = next(chunks)  # the file's problems before any weights load
     clf = load(run, batch_size=batch_size)
-    probs = clf.predict_proba(texts, progress=True)
+    # pass 1, chunk by chunk: the probabilities of every text not excluded (N x K floats: small at any N)
+    probs, n_texts = [], 0
+    for frame in itertools.chain([first], chunks):
+        texts = [t for t in frame.texts if same_text(t) not in banned]
+        n_texts += len(frame.texts)
+        if texts:
+            probs.append(clf.predict_proba(texts, progress=len(texts) > 2000))
+    if not probs:
+        raise UserError(f"{data}: every text is in an --exclude file; nothing to label")
+    probs = np.concatenate(probs)
     chosen = select(probs, min_confidence, max_per_class, balance)
     names = clf.label_names
     pred, conf = probs.argmax(axis=1), probs.max(axis=1)
-    ids = frame.ids if frame.ids is not None else frame.rows
-    df = pd.DataFrame(
-        {
-            "text": [texts[i] for i in chosen],
-            "label": [names[pred[i]] for i in chosen],
-            "label_id": pred[chosen],
-            "confidence": conf[chosen].round(6),
-            "teacher": str(model),
-            "source": str(data),
-            "id": [ids[keep_rows[i]] for i in chosen],
-        }
-    )
+    with atomic_path(out) as tmp:
+        _write_chosen(tmp, data, text_column, chunk_rows, banned, chosen, names, pred, conf, {"teacher": str(model), "source": str(data)})
+    n_kept = len(probs)
+    df_rows = len(chosen)
     per_class = {n: int((pred[chosen] == k).sum()) for k, n in enumerate(names)}
     report = {
         "teacher": str(model),
         "data": str(data),
-        "texts": len(frame.texts),
-        "excluded": len(frame.texts) - len(texts),
+        "texts": n_texts,
+        "excluded": n_texts - n_kept,
         "min_confidence": min_confidence,
         "max_per_class": max_per_class,
         "balance": balance,
-        "rows_written": len(df),
+        "rows_written": df_rows,
         "per_class": per_class,
         "predicted_per_class": {n: int((pred == k).sum()) for k, n in enumerate(names)},
         "confidence_all": _spread(conf),
         "confidence_kept": {n: _spread(conf[chosen][pred[chosen] == k]) for k, n in enumerate(names)},
         "classes_with_no_rows": [n for n, c in per_class.items() if c == 0],
     }
-    with atomic_path(out) as tmp:
-        df.to_csv(tmp, index=False)
     with atomic_path(out.with_name(out.name + ".report.json")) as tmp:
         tmp.write_text(json.dumps(report, indent=2))
     for n in report["classes_with_no_rows"]:
         print(f"warning: class '{n}' got no pseudo-labels at min_confidence {min_confidence}", flush=True)
-    print(f"{len(df):,} of {len(texts):,} texts kept ({', '.join(f'{n} {c:,}' for n, c in per_class.items())})", flush=True)
+    print(f"{df_rows:,} of {n_kept:,} texts kept ({', '.join(f'{n} {c:,}' for n, c in per_class.items())})", flush=True)
     return out
