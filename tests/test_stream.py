@@ -66,7 +66,7 @@ def test_streamed_pseudolabel_equals_one_chunk(trained, tmp_path):
     outs = []
     for chunk in (10_000, 4, 1):
         out = pseudolabel(str(trained / "run"), str(src), str(tmp_path / f"p{chunk}.csv"), min_confidence=0.4, balance=True, exclude=[str(exclude)], chunk_rows=chunk)
-        outs.append((out.read_text(), json.loads(out.with_name(out.name + ".report.json").read_text())))
+        outs.append((out.read_text(), json.loads(out.with_suffix(".report.json").read_text())))
     assert outs[0] == outs[1] == outs[2]
     kept = pd.read_csv(tmp_path / "p4.csv")
     assert len(kept) > 0 and not {"u3", "u17"} & set(kept["id"]) and outs[0][1]["excluded"] == 2

@@ -80,7 +80,7 @@ def test_pseudolabel_provenance_report_and_never_in_dev(trained, tmp_path, tiny_
     out = tmp_path / "pl.csv"
     assert main(["pseudolabel", "--model", str(run), "--data", str(unl), "--output", str(out), "--min-confidence", "0.0", "--exclude", str(exclude)]) == 0
     df = pd.read_csv(out)
-    report = json.loads((tmp_path / "pl.csv.report.json").read_text())
+    report = json.loads((tmp_path / "pl.report.json").read_text())
     assert report["texts"] == 24 and report["excluded"] == 3 and len(df) == report["rows_written"] == 21
     assert not set(df["id"]) & set(pd.read_csv(exclude)["id"])
     assert {"text", "label", "label_id", "confidence", "teacher", "source", "id"} <= set(df.columns)
@@ -89,7 +89,7 @@ def test_pseudolabel_provenance_report_and_never_in_dev(trained, tmp_path, tiny_
     # a threshold nobody reaches: every class is reported empty, not silently dropped
     assert main(["pseudolabel", "--model", str(run), "--data", str(unl), "--output", str(tmp_path / "none.csv"), "--min-confidence", "1.0"]) == 0
     assert "warning: class 'sports' got no pseudo-labels" in capsys.readouterr().out
-    assert json.loads((tmp_path / "none.csv.report.json").read_text())["classes_with_no_rows"] == ["sports", "business", "science"]
+    assert json.loads((tmp_path / "none.report.json").read_text())["classes_with_no_rows"] == ["sports", "business", "science"]
     # the rows train, and never reach the dev split
     cfg = write_config(tmp_path / "c.yaml", tiny_bert, trained / "train.csv", tmp_path / "student", data={"extra_train": [str(out)]}, train={"epochs": 1})
     assert main(["train", "--config", str(cfg)]) == 0
@@ -97,6 +97,10 @@ def test_pseudolabel_provenance_report_and_never_in_dev(trained, tmp_path, tiny_
     assert not dev & set(df["text"])
     counts = json.loads((tmp_path / "student" / "metrics.json").read_text())["data"]
     assert counts["extra_rows"] == 21
+    # the report of the student shows the pseudo-labels' report, as it shows a filter report
+    assert main(["report", "--model", str(tmp_path / "student")]) == 0
+    html = (tmp_path / "student" / "report.html").read_text()
+    assert "no filter or pseudolabel report found" not in html and "confidence_all" in html
 
 
 @pytest.mark.parametrize(

@@ -108,7 +108,7 @@ def _pseudolabel(args, extra: list[str]) -> int:
         overwrite=args.overwrite,
         chunk_rows=args.chunk_rows,
     )
-    print(f"wrote {out} and {out.name}.report.json")
+    print(f"wrote {out} and {out.with_suffix('.report.json').name}")
     return 0
 
 

@@ -526,7 +526,7 @@ def _pseudolabel(r: _Run, k: int, teacher: Path) -> Path:
         exclude=r.eval_files,
         overwrite=True,
     )
-    rep = json.loads(out.with_name(out.name + ".report.json").read_text())
+    rep = json.loads(out.with_suffix(".report.json").read_text())
     for n in rep["classes_with_no_rows"]:
         r.notes.append(f"round {k}: class '{n}' got no pseudo-labels at min_confidence {st.min_confidence}")
     r.stages.finish(stage, key, t0, rows=rep["rows_written"], note=f"of {rep['texts'] - rep['excluded']:,} target texts, by {teacher}")

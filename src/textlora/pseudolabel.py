@@ -157,7 +157,7 @@ def pseudolabel(
         "confidence_kept": {n: _spread(conf[chosen][pred[chosen] == k]) for k, n in enumerate(names)},
         "classes_with_no_rows": [n for n, c in per_class.items() if c == 0],
     }
-    with atomic_path(out.with_name(out.name + ".report.json")) as tmp:
+    with atomic_path(out.with_suffix(".report.json")) as tmp:  # beside the rows, named as filter names its report
         tmp.write_text(json.dumps(report, indent=2))
     for n in report["classes_with_no_rows"]:
         print(f"warning: class '{n}' got no pseudo-labels at min_confidence {min_confidence}", flush=True)

@@ -211,10 +211,10 @@ def _synthetic_section(config) -> str:
         return "<p>No extra (synthetic) training rows were used.</p>"
     out = []
     for extra in config.data.extra_train:
-        report = Path(extra).with_suffix(".report.json")
+        report = Path(extra).with_suffix(".report.json")  # written by filter and by pseudolabel
         if report.is_file():
             r = json.loads(report.read_text())
             out.append(f"<h3>{escape(extra)}</h3><pre>{escape(json.dumps(r, indent=1)[:6000])}</pre>")
         else:
-            out.append(f"<p><code>{escape(extra)}</code>: no filter report found beside it.</p>")
+            out.append(f"<p><code>{escape(extra)}</code>: no filter or pseudolabel report found beside it.</p>")
     return "".join(out)
