@@ -144,7 +144,10 @@ def main() -> None:
     ap.add_argument("--skip-e2e", action="store_true")
     ap.add_argument("--output", default="bench/results/generate_speed.json")
     args = ap.parse_args()
-    rows = plan_rows(read_prompts("configs/prompts/agnews.yaml"), GenerateConfig(prompts="configs/prompts/agnews.yaml", output="unused.csv", rows_per_class=-(-args.rows // 4)))
+    rows = plan_rows(
+        read_prompts("configs/prompts/agnews.yaml"),
+        GenerateConfig(prompts="configs/prompts/agnews.yaml", output="unused.csv", rows_per_class=-(-args.rows // 4)),
+    )
     rows = rows[:: max(1, len(rows) // args.rows)][: args.rows]  # every class, spread evenly
     model, tok = load_causal_lm(args.model)
     model.eval()

@@ -95,7 +95,11 @@ def main() -> None:
     results["template"] = {"rows": int(template.sum()), "labels": {int(k): int(v) for k, v in zip(*np.unique(y[template], return_counts=True))}}
     for name in names:
         right = target_probs[name].argmax(1) == y
-        results["template"][name] = {"template_right": int(right[template].sum()), "errors": int((~right).sum()), "other_rows_accuracy": round(float(right[~template].mean()), 4)}
+        results["template"][name] = {
+            "template_right": int(right[template].sum()),
+            "errors": int((~right).sum()),
+            "other_rows_accuracy": round(float(right[~template].mean()), 4),
+        }
         print(name, results["template"][name])
     for a, b in itertools.combinations(names, 2):
         results["pairs"][f"{a} + {b}"] = round(float(((target_probs[a] + target_probs[b]).argmax(1) == y).mean()), 4)

@@ -65,7 +65,9 @@ def test_streamed_pseudolabel_equals_one_chunk(trained, tmp_path):
     df.iloc[[3, 17]][["text"]].to_csv(exclude, index=False)
     outs = []
     for chunk in (10_000, 4, 1):
-        out = pseudolabel(str(trained / "run"), str(src), str(tmp_path / f"p{chunk}.csv"), min_confidence=0.4, balance=True, exclude=[str(exclude)], chunk_rows=chunk)
+        out = pseudolabel(
+            str(trained / "run"), str(src), str(tmp_path / f"p{chunk}.csv"), min_confidence=0.4, balance=True, exclude=[str(exclude)], chunk_rows=chunk
+        )
         outs.append((out.read_text(), json.loads(out.with_suffix(".report.json").read_text())))
     assert outs[0] == outs[1] == outs[2]
     kept = pd.read_csv(tmp_path / "p4.csv")
