@@ -3,7 +3,7 @@
     python bench/predict_memory.py --rows 8000 80000 800000 [--model RUN]
 
 Each measurement is one `textlora predict` process; its peak RSS is the kernel's (getrusage of the
-finished child). The input is AG News train.csv texts repeated to N rows with an id column. The
+finished child). The input is N rows (id, text) of ~40-word texts in the tiny model's vocabulary (about AG News length). The
 whole-file figure is the same code with `--chunk-rows` above N (what predict did before streaming).
 Without `--model` a tiny BERT run is trained first (the test suite's helpers: 2 layers, 16 wide), so
 that 800k rows take minutes; the memory measured is then the data path's (reading, tokenizing,
@@ -36,7 +36,7 @@ def tiny_run() -> Path:
     WORK.mkdir(parents=True, exist_ok=True)
     model = pretrain_tiny_bert(WORK / "tiny-bert")
     make_texts(40, seed=1).to_csv(WORK / "train.csv", index=False)
-    cfg = write_config(WORK / "c.yaml", model, WORK / "train.csv", run, model={"name": str(model), "max_length": 64})
+    cfg = write_config(WORK / "c.yaml", model, WORK / "train.csv", run)  # max_length 32: the tiny BERT has 64 positions
     assert main(["train", "--config", str(cfg), "--overwrite"]) == 0
     return run
 
@@ -46,7 +46,11 @@ def make_input(n: int) -> Path:
 
     path = WORK / f"texts-{n}.csv"
     if not path.is_file():
-        texts = pd.read_csv(ROOT.parent / "shared" / "data" / "agnews" / "train.csv")["text"]
+        from tests.conftest import make_texts
+
+        # texts in the tiny model's vocabulary, ~40 words each (AG News length): four test rows a text
+        base = make_texts(1000, seed=5)["text"]
+        texts = pd.Series([" ".join(base[(4 * i + j) % len(base)] for j in range(4)) for i in range(len(base))])
         reps = -(-n // len(texts))
         df = pd.DataFrame({"id": range(n), "text": pd.concat([texts] * reps, ignore_index=True)[:n]})
         df.to_csv(path, index=False)
