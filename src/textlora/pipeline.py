@@ -207,6 +207,7 @@ class _Run:
     extra_train: list[str] = field(default_factory=list)  # synthetic (and pseudo-labelled) rows for the classifier
     eval_sets: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what the summary must say (e.g. a class with no synthetic rows)
+    source: object = None  # the classifier's config as the user wrote it (textlora.config.Config), read once
     lm: Path | None = None  # the adapted LM folder
     generated: Path | None = None  # the generated rows
 
@@ -267,7 +268,7 @@ def _check_inputs(r: _Run) -> None:
     """Source and target files readable, every class with rows, eval sets labelled: before any stage runs."""
     from textlora.data import label_names_for, read_texts
 
-    cfg = config_from_dict(copy.deepcopy(r.config.classifier))
+    cfg = r.source = config_from_dict(copy.deepcopy(r.config.classifier))
     src = read_texts(cfg.data.train, cfg.data.text_column, cfg.data.label_column)
     r.label_names = label_names_for(src.labels, cfg.data.label_names, cfg.data.train)
     present = {(r.label_names[v] if isinstance(v, int) else v) for v in src.labels}
@@ -317,7 +318,7 @@ def _source_split_file(r: _Run) -> Path:
 
     from textlora.data import load_splits
 
-    cfg = config_from_dict(copy.deepcopy(r.config.classifier))
+    cfg = copy.deepcopy(r.source)
     cfg.data.extra_train = []
     cfg.data.eval_sets = {}
     splits = load_splits(cfg.data, cfg.seed)
@@ -344,7 +345,7 @@ def _prompts(r: _Run) -> str:
         import pandas as pd
 
         split = pd.read_csv(_source_split_file(r), keep_default_na=False, dtype=str)
-        seed = config_from_dict(copy.deepcopy(r.config.classifier)).seed
+        seed = r.source.seed
         classes = P.source_prompts(split["text"].tolist(), split["label"].tolist(), r.label_names, syn.source_prompts, syn.source_words, seed)
     return str(P.write_prompts(classes, r.out / "prompts.yaml", f"made by textlora pipeline from the data (synthetic.prompts: {mode})"))
 
@@ -393,7 +394,7 @@ def _filter(r: _Run) -> None:
     from textlora.augment.filter import FilterConfig, filter_rows
     from textlora.fsutil import fingerprint
 
-    cfg = config_from_dict(copy.deepcopy(r.config.classifier))
+    cfg = r.source
     filtered = r.out / "synthetic" / "rows.filtered.csv"
     settings = {"output": str(filtered), **r.config.filter}
     settings |= {"input": str(r.generated), "real": cfg.data.train, "text_column": "text", "label_column": "label"}
