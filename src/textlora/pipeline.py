@@ -207,6 +207,7 @@ class _Run:
     extra_train: list[str] = field(default_factory=list)  # synthetic (and pseudo-labelled) rows for the classifier
     eval_sets: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what the summary must say (e.g. a class with no synthetic rows)
+    target_texts: list = field(default_factory=list)  # the unlabelled target texts, read once
     source: object = None  # the classifier's config as the user wrote it (textlora.config.Config), read once
     lm: Path | None = None  # the adapted LM folder
     generated: Path | None = None  # the generated rows
@@ -275,7 +276,7 @@ def _check_inputs(r: _Run) -> None:
     missing = [n for n in r.label_names if n not in present]
     if missing:
         raise UserError(f"{cfg.data.train}: class '{missing[0]}' has no rows")
-    read_texts(r.config.target.texts, r.config.target.text_column, None, require_labels=False)
+    r.target_texts = read_texts(r.config.target.texts, r.config.target.text_column, None, require_labels=False).texts
     mode = r.config.synthetic.prompts
     if r.config.synthetic.enabled and mode not in PROMPT_MODES:
         from textlora.augment.generate import read_prompts
@@ -381,9 +382,7 @@ def _target_lengths(r: _Run, cap: int) -> tuple[float, float]:
     import numpy as np
     from transformers import AutoTokenizer
 
-    from textlora.data import read_texts
-
-    texts = read_texts(r.config.target.texts, r.config.target.text_column, None, require_labels=False).texts
+    texts = r.target_texts
     tok = AutoTokenizer.from_pretrained(str(r.lm))
     sample = texts[:: max(1, len(texts) // 3000)]
     lengths = np.minimum([len(ids) for ids in tok(sample)["input_ids"]], cap)
@@ -456,12 +455,10 @@ def _classifier_config(r: _Run, output_dir: Path, extra_train: list[str]):
 
 
 def _classifier_length(r: _Run, model_name: str) -> int:
-    from textlora.data import read_texts
     from textlora.models import load_tokenizer
     from textlora.resolve import AUTO_PERCENTILE, auto_length_cap, length_from_percentile
 
-    texts = read_texts(r.config.target.texts, r.config.target.text_column, None, require_labels=False).texts
-    return length_from_percentile(load_tokenizer(model_name), texts, auto_length_cap(model_name), AUTO_PERCENTILE)
+    return length_from_percentile(load_tokenizer(model_name), r.target_texts, auto_length_cap(model_name), AUTO_PERCENTILE)
 
 
 def _train_key(config) -> str:
