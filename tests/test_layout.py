@@ -59,3 +59,25 @@ def test_predict_opens_the_run_once(trained, monkeypatch, tmp_path):
     monkeypatch.setattr(textlora.config, "config_from_dict", lambda raw: reads.append(1) or real(raw))
     assert main(["predict", "--model", str(trained / "run"), "--data", str(trained / "test.csv"), "--output", str(tmp_path / "p.csv")]) == 0
     assert len(reads) == 1 and len(pd.read_csv(tmp_path / "p.csv")) == 30
+
+
+def test_public_api_names_stay_functions_after_any_import():
+    """``textlora.training`` (and evaluate, predict) is the function, also after every submodule was imported:
+    no submodule may share a name with the public API, or the import system rebinds it to the module."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, pkgutil, textlora\n"
+        "first = {n: callable(getattr(textlora, n)) for n in textlora._API}\n"
+        "for m in pkgutil.walk_packages(textlora.__path__, 'textlora.'):\n"
+        "    if not m.name.endswith('__main__'):\n"
+        "        importlib.import_module(m.name)\n"
+        "import types\n"
+        "bad = [n for n in textlora._API if isinstance(getattr(textlora, n), types.ModuleType)]\n"
+        "assert all(first.values()), first\n"
+        "assert not bad, bad\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-800:]
+

@@ -19,7 +19,7 @@ def _hold(path: str, ready, release) -> None:
 
 def test_second_train_on_the_same_output_dir_is_refused(tmp_path, tiny_bert, data_dir, capsys):
     from textlora.cli import main
-    from textlora.train import lock_path
+    from textlora.training import lock_path
 
     out = tmp_path / "run"
     cfg = write_config(tmp_path / "c.yaml", tiny_bert, data_dir / "train.csv", out, train={"epochs": 1})
@@ -41,7 +41,7 @@ def test_second_train_on_the_same_output_dir_is_refused(tmp_path, tiny_bert, dat
 
 def test_stale_lock_file_with_a_dead_pid_does_not_block(tmp_path, tiny_bert, data_dir):
     from textlora.cli import main
-    from textlora.train import lock_path
+    from textlora.training import lock_path
 
     out = tmp_path / "run"
     lock_path(out).write_text("999999999\n")

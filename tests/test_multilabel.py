@@ -68,7 +68,7 @@ def test_metrics_agree_with_scikit_learn():
 def test_multilabel_train_evaluate_predict_report(ml_run, capsys):
     from sklearn.metrics import f1_score
 
-    from textlora.predict import load
+    from textlora.prediction import load
 
     run = ml_run / "run"
     best = json.loads((run / "metrics.json").read_text())["best"]
@@ -99,7 +99,7 @@ def test_multilabel_train_evaluate_predict_report(ml_run, capsys):
 
 
 def test_multilabel_serve(ml_run):
-    from textlora.predict import load
+    from textlora.prediction import load
 
     run = ml_run / "run"
     with serving(run) as base:
@@ -150,7 +150,7 @@ def test_multilabel_hf_export_gives_sigmoids_in_pipeline(ml_run):
     """The exported folder says multi_label_classification, so transformers' pipeline applies a sigmoid a class."""
     from transformers import pipeline
 
-    from textlora.predict import Classifier
+    from textlora.prediction import Classifier
 
     out = ml_run / "hf"
     assert main(["export", "--model", str(ml_run / "run"), "--output", str(out), "--format", "hf"]) == 0

@@ -47,7 +47,7 @@ def pair_run(tmp_path_factory, tiny_bert):
 
 
 def test_pairs_train_evaluate_predict_and_budget(pair_run, capsys):
-    from textlora.predict import load
+    from textlora.prediction import load
 
     run = pair_run / "run"
     dev = pd.read_csv(run / "dev.csv")
@@ -84,7 +84,7 @@ def test_pairs_bad_input(pair_run, capsys):
 
 def test_pairs_export_onnx(pair_run):
     pytest.importorskip("onnxruntime")
-    from textlora.predict import Classifier, load
+    from textlora.prediction import Classifier, load
 
     out = pair_run / "onnx"
     assert main(["export", "--model", str(pair_run / "run"), "--output", str(out), "--format", "onnx"]) == 0
@@ -95,7 +95,7 @@ def test_pairs_export_onnx(pair_run):
 
 def test_pairs_serve(pair_run):
     with serving(pair_run / "run") as base:
-        from textlora.predict import load
+        from textlora.prediction import load
 
         test = pd.read_csv(pair_run / "test.csv").head(4)
         status, body = _call(base + "/v1/classify", {"texts": test["text"].tolist(), "pairs": test["other"].tolist()})

@@ -71,7 +71,7 @@ def server(run):
 
 
 def test_classify_matches_predict(server, run):
-    from textlora.predict import load
+    from textlora.prediction import load
 
     texts = make_texts(2, seed=11)["text"].tolist()  # 6 texts, under --max-batch 8
     status, body = _call(server + "/v1/classify", {"texts": texts})
@@ -105,7 +105,7 @@ def test_error_codes(server):
 
 
 def test_concurrent_requests_are_all_answered_correctly(server, run):
-    from textlora.predict import load
+    from textlora.prediction import load
 
     pool_texts = make_texts(20, seed=12)["text"].tolist()
     expected = dict(zip(pool_texts, load(run).predict_proba(pool_texts).argmax(1).tolist()))
@@ -141,7 +141,7 @@ def test_web_page_in_headless_chromium(server, run, tmp_path):
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from textlora.predict import load
+    from textlora.prediction import load
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = found[0]

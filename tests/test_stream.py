@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from textlora.predict import predict
+from textlora.prediction import predict
 
 from .conftest import make_texts
 

@@ -8,7 +8,7 @@ import pytest
 from safetensors.torch import load_file
 
 from textlora.cli import main
-from textlora.train import epoch_batches
+from textlora.training import epoch_batches
 
 from .conftest import write_config
 

@@ -7,17 +7,17 @@ submodule (``textlora.config``, say) does not import them all.
 from textlora.version import __version__
 
 _API = {
-    "Classifier": "textlora.predict",
+    "Classifier": "textlora.prediction",
     "Config": "textlora.config",
     "UserError": "textlora.errors",
     "compute_metrics": "textlora.metrics",
     "count_trainable": "textlora.models",
-    "evaluate": "textlora.evaluate",
-    "load": "textlora.predict",
+    "evaluate": "textlora.evaluation",
+    "load": "textlora.prediction",
     "load_classifier": "textlora.models",
     "load_config": "textlora.config",
-    "predict": "textlora.predict",
-    "train": "textlora.train",
+    "predict": "textlora.prediction",
+    "train": "textlora.training",
 }
 __all__ = ["__version__", *_API]
 

@@ -19,7 +19,7 @@ def _is_rank0() -> bool:
 
 def _train(args, extra: list[str]) -> int:
     from textlora.config import load_config
-    from textlora.train import TrainingInterrupted, train
+    from textlora.training import TrainingInterrupted, train
 
     config = load_config(args.config, extra)
     try:
@@ -34,7 +34,7 @@ def _train(args, extra: list[str]) -> int:
 
 def _pipeline(args, extra: list[str]) -> int:
     from textlora.pipeline import load_pipeline_config, pipeline
-    from textlora.train import TrainingInterrupted
+    from textlora.training import TrainingInterrupted
 
     try:
         pipeline(load_pipeline_config(args.config, extra), overwrite=args.overwrite)
@@ -45,7 +45,7 @@ def _pipeline(args, extra: list[str]) -> int:
 
 
 def _evaluate(args, extra: list[str]) -> int:
-    from textlora.evaluate import evaluate, format_metrics
+    from textlora.evaluation import evaluate, format_metrics
 
     metrics = evaluate(
         args.model,
@@ -68,7 +68,7 @@ def _evaluate(args, extra: list[str]) -> int:
 
 
 def _predict(args, extra: list[str]) -> int:
-    from textlora.predict import predict
+    from textlora.prediction import predict
 
     result = predict(
         args.model,
@@ -177,7 +177,7 @@ VERBS = {
     # verb: (function, library function whose docstring is the help, arguments)
     "train": (
         _train,
-        "textlora.train:train",
+        "textlora.training:train",
         [
             (("--config",), dict(required=True, help="YAML config file; dotted overrides follow, e.g. --train.epochs 2")),
             (("--resume",), dict(default="none", choices=["none", "last", "best"], help="continue from a checkpoint in output_dir")),
@@ -194,7 +194,7 @@ VERBS = {
     ),
     "evaluate": (
         _evaluate,
-        "textlora.evaluate:evaluate",
+        "textlora.evaluation:evaluate",
         [
             (("--model",), dict(required=True, help="run directory")),
             (("--data",), dict(required=True, nargs="+", help="labelled file(s)")),
@@ -208,7 +208,7 @@ VERBS = {
     ),
     "predict": (
         _predict,
-        "textlora.predict:predict",
+        "textlora.prediction:predict",
         [
             (("--model",), dict(required=True, help="run directory")),
             (("--data",), dict(help="file of texts")),

@@ -475,7 +475,7 @@ def _train(r: _Run, stage: str, output_dir: Path, extra_train: list[str]) -> Pat
     """One classifier; a run killed in this stage resumes from its last checkpoint."""
     from textlora.checkpoints import list_checkpoints
     from textlora.run import is_run_dir
-    from textlora.train import train
+    from textlora.training import train
 
     cfg = _classifier_config(r, output_dir, extra_train)
     key = _train_key(cfg)
@@ -533,7 +533,7 @@ def _pseudolabel(r: _Run, k: int, teacher: Path) -> Path:
 
 def _evaluate(r: _Run, run: Path) -> dict:
     """The final run on its dev split and every eval set (as a user would evaluate it: merged weights)."""
-    from textlora.evaluate import evaluate
+    from textlora.evaluation import evaluate
 
     t0 = time.perf_counter()
     files = {"dev": str(run / "dev.csv"), **r.eval_sets}
@@ -547,7 +547,7 @@ def _evaluate(r: _Run, run: Path) -> dict:
 
 
 def _predict(r: _Run, run: Path) -> Path:
-    from textlora.predict import predict
+    from textlora.prediction import predict
 
     t0 = time.perf_counter()
     out = predict(str(run), data=r.config.target.texts, output=str(r.out / "predictions.csv"), text_column=r.config.target.text_column, overwrite=True)

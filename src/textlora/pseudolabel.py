@@ -104,7 +104,7 @@ def pseudolabel(
     """
     from textlora.data import read_text_chunks, same_text, texts_in
     from textlora.fsutil import atomic_path, check_output_path
-    from textlora.predict import load
+    from textlora.prediction import load
     from textlora.run import open_run
 
     if not 0 <= min_confidence <= 1:

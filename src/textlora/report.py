@@ -52,7 +52,7 @@ def _confusion_png(metrics: dict) -> str:
     import base64
     import io
 
-    from textlora.evaluate import plot_confusion
+    from textlora.evaluation import plot_confusion
 
     buf = io.BytesIO()
     plot_confusion(metrics, buf)
@@ -95,7 +95,7 @@ def build_report(model: str, data: str | None = None, output: str | None = None,
     from textlora.data import encode_labels, read_options, read_texts
     from textlora.fsutil import atomic_path, check_output_path
     from textlora.metrics import compute_metrics, compute_multilabel_metrics
-    from textlora.predict import load
+    from textlora.prediction import load
     from textlora.run import open_run
     from textlora.runtime import THRESHOLD
 

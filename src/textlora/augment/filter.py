@@ -204,7 +204,7 @@ def _near_new(texts: list[str], real_texts: list[str], keep: np.ndarray, config:
 def _classifier_check(config: FilterConfig, texts: list[str], labels: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(kept by the classifier, labels after relabelling): predicted class names against the rows' names."""
     from textlora.errors import UserError
-    from textlora.predict import load
+    from textlora.prediction import load
 
     clf = load(config.classifier)
     unknown = sorted(set(labels) - set(clf.label_names))

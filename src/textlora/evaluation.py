@@ -81,7 +81,7 @@ def evaluate(
     """
     from textlora.data import encode_labels, read_options, read_texts
     from textlora.fsutil import atomic_path
-    from textlora.predict import load
+    from textlora.prediction import load
     from textlora.run import open_run
 
     files = [data] if isinstance(data, str) else list(data)
