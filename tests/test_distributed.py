@@ -75,3 +75,39 @@ def test_two_process_ddp_train_and_sharded_predict(tmp_path, tiny_bert, data_dir
     assert sharded["ID"].tolist() == one["ID"].tolist() == list(range(100, 124))
     assert (sharded["Label"] == one["Label"]).all()
     assert abs(sharded.iloc[:, 2:].to_numpy() - one.iloc[:, 2:].to_numpy()).max() < 1e-4
+
+
+def test_flags_use_a_backend_that_takes_their_tensors_on_cuda(monkeypatch):
+    """On CUDA the group is nccl for the gradients; the per-step flags (signals, early stopping) are CPU
+    tensors, so the group must also route CPU tensors (to gloo), or the first step stops in nccl."""
+    import torch
+    import torch.distributed as dist
+
+    from textlora import runtime
+
+    seen = {}
+    sent = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: None)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend=None, **kw: seen.update(backend=backend))
+    monkeypatch.setattr(dist, "all_reduce", lambda t, op=None: sent.append(t))
+    monkeypatch.setattr(dist, "broadcast", lambda t, src: sent.append(t))
+    info, device = runtime.init_distributed()
+    assert device.type == "cuda"
+    info.any_flag(True)
+    info.broadcast_flag(False)
+
+    def devices(backend: str) -> set[str]:
+        """The device types a backend string takes: 'nccl' -> cuda only, 'gloo' -> both, 'cpu:gloo,cuda:nccl' -> both."""
+        taken = set()
+        for part in backend.split(","):
+            dev, _, name = part.rpartition(":")
+            taken |= {dev} if dev else ({"cuda"} if name == "nccl" else {"cpu", "cuda"})
+        return taken
+
+    assert "nccl" in seen["backend"]  # the gradients still go through nccl
+    assert len(sent) == 2 and all(t.device.type in devices(seen["backend"]) for t in sent), (seen, [t.device for t in sent])

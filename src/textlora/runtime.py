@@ -204,7 +204,9 @@ def init_distributed():
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
-        backend = "nccl"
+        # nccl for the gradients; the per-step flags (any_flag, broadcast_flag) are CPU tensors, which
+        # nccl refuses, so CPU tensors go through gloo in the same group
+        backend = "cpu:gloo,cuda:nccl"
     else:
         device = torch.device("cpu")
         backend = "gloo"
