@@ -81,3 +81,16 @@ def test_public_api_names_stay_functions_after_any_import():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-800:]
 
+
+def test_declared_python_is_what_the_suite_runs_on():
+    """pyproject may claim only Pythons the suite runs on: 3.11 and newer (CI's interpreter). Before 3.11,
+    asyncio.wait_for raises asyncio.TimeoutError, a different class from TimeoutError, and serve's
+    batcher would die on its first timeout."""
+    import sys
+    import tomllib
+
+    from packaging.specifiers import SpecifierSet
+
+    spec = SpecifierSet(tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text())["project"]["requires-python"])
+    assert spec.contains(f"{sys.version_info.major}.{sys.version_info.minor}")
+    assert not spec.contains("3.10"), f"requires-python {spec} admits 3.10, which the suite never runs on"

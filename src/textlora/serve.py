@@ -55,7 +55,7 @@ class Batcher:
             while n < self.max_batch and (left := deadline - loop.time()) > 0:
                 try:
                     items.append(await asyncio.wait_for(self.queue.get(), left))
-                except TimeoutError:
+                except asyncio.TimeoutError:  # TimeoutError itself from 3.11 on
                     break
                 n += len(items[-1][0])
             texts = [t for ts, _ in items for t in ts]
@@ -100,7 +100,7 @@ def create_app(model, max_batch: int = 64, max_chars: int = 10_000, max_wait_ms:
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import HTMLResponse
 
-    from textlora.predict import load
+    from textlora.prediction import load
     from textlora.run import open_run
     from textlora.runtime import chosen
 
