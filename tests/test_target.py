@@ -201,3 +201,19 @@ def test_metrics_match_scikit_learn(seed):
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=[0, 1, 2, 3], zero_division=0)
     assert [m["per_class"][n]["f1"] for n in "abcd"] == pytest.approx(f.tolist())
     assert [m["per_class"][n]["precision"] for n in "abcd"] == pytest.approx(p.tolist())
+
+
+def test_model_card_names_the_dev_file_when_one_is_given(tmp_path, tiny_bert, data_dir):
+    """With data.dev the dev rows come from that file, not from a stratified share of the training file."""
+    rows = pd.read_csv(data_dir / "train.csv")
+    rows.iloc[:12].to_csv(tmp_path / "dev.csv", index=False)
+    rows.iloc[12:].to_csv(tmp_path / "train.csv", index=False)
+    cfg = write_config(tmp_path / "c.yaml", tiny_bert, tmp_path / "train.csv", tmp_path / "run", data={"dev": str(tmp_path / "dev.csv")}, train={"epochs": 1})
+    assert main(["train", "--config", str(cfg)]) == 0
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "stratified" not in card
+    assert f"12 dev rows (the file `{tmp_path / 'dev.csv'}`" in card
+    # without data.dev the card still says how the split was made
+    cfg = write_config(tmp_path / "c2.yaml", tiny_bert, tmp_path / "train.csv", tmp_path / "run2", train={"epochs": 1})
+    assert main(["train", "--config", str(cfg)]) == 0
+    assert "(stratified 25% of the training file, seed 7" in (tmp_path / "run2" / "README.md").read_text()

@@ -139,8 +139,7 @@ def model_card(config, splits, breakdown, metrics: dict) -> str:
         "## Data",
         f"- training file: `{config.data.train}`"
         + (f", extra training files: {', '.join(f'`{e}`' for e in config.data.extra_train)}" if config.data.extra_train else ""),
-        f"- {splits.counts['train_rows']:,} training rows, {splits.counts['val_rows']:,} dev rows "
-        f"(stratified {config.data.val_fraction:.0%} of the training file, seed {config.seed}, taken before extra rows were added; saved as `dev.csv`)",
+        f"- {splits.counts['train_rows']:,} training rows, {splits.counts['val_rows']:,} dev rows " + _dev_source(config),
         f"- labels: {', '.join(f'{i} {n}' for i, n in enumerate(splits.label_names))}",
         "",
         "## Parameters",
@@ -181,6 +180,16 @@ def model_card(config, splits, breakdown, metrics: dict) -> str:
         *_plain_hf_use(config, base),
     ]
     return "\n".join(lines)
+
+
+def _dev_source(config) -> str:
+    """Where the dev rows came from: the given dev file, or a stratified share of the training file."""
+    if config.data.dev:
+        return f"(the file `{config.data.dev}`; saved as `dev.csv`)"
+    return (
+        f"(stratified {config.data.val_fraction:.0%} of the training file, seed {config.seed}, "
+        "taken before extra rows were added; saved as `dev.csv`)"
+    )
 
 
 def _front_matter(config, base: str, local: bool, best: dict) -> list[str]:
