@@ -129,7 +129,9 @@ def _chromium():
     return None
 
 
-def test_web_page_in_headless_chromium(server, run, tmp_path):
+@contextlib.contextmanager
+def _browser(tmp_path):
+    """Headless Debian Chromium through selenium; fails (or skips, with TEXTLORA_SKIP_BROWSER=1) without it."""
     found = _chromium()
     if found is None:
         if os.environ.get("TEXTLORA_SKIP_BROWSER") == "1":
@@ -137,11 +139,6 @@ def test_web_page_in_headless_chromium(server, run, tmp_path):
         pytest.fail("BROWSER TEST CANNOT RUN: install Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    from textlora.prediction import load
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = found[0]
@@ -159,6 +156,19 @@ def test_web_page_in_headless_chromium(server, run, tmp_path):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(found[1]), options=opts)
     try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_web_page_in_headless_chromium(server, run, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from textlora.prediction import load
+
+    with _browser(tmp_path) as driver:
         driver.get(server + "/")
         wait = WebDriverWait(driver, 30)
         wait.until(lambda d: "classes:" in d.find_element(By.ID, "meta").text)
@@ -178,8 +188,6 @@ def test_web_page_in_headless_chromium(server, run, tmp_path):
         assert shot.read_bytes()[:4] == b"\x89PNG"
         if os.environ.get("TEXTLORA_SCREENSHOT_DIR"):
             shutil.copy(shot, os.environ["TEXTLORA_SCREENSHOT_DIR"])
-    finally:
-        driver.quit()
 
 
 def test_report_has_sections_and_embedded_images(run, tmp_path):
@@ -191,3 +199,75 @@ def test_report_has_sections_and_embedded_images(run, tmp_path):
     assert html.count("src='data:image/png;base64,") >= 2
     assert "http://" not in html and "https://" not in html  # opens offline: nothing to fetch
     assert main(["report", "--model", str(run), "--output", str(out)]) == 2  # no overwrite without --overwrite
+
+
+def _call_as(url, token=None, body=None):
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
+    req = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def test_api_key_guards_v1_and_the_body_size_is_capped(run, monkeypatch):
+    import http.client
+
+    monkeypatch.setenv("TEXTLORA_API_KEY", "s3cret-token")  # from the environment: out of the shell history
+    with serving(run, "--max-batch", "4", "--max-chars", "100", "--max-body-bytes", "4096") as base:
+        assert _call_as(base + "/healthz") == (200, {"status": "ok"})  # health stays open
+        with urllib.request.urlopen(base + "/", timeout=30) as r:  # the page loads (and asks for the token)
+            assert r.status == 200 and "token" in r.read().decode()
+        for path, body in (("/v1/model", None), ("/v1/classify", {"texts": ["goal"]})):
+            status, err = _call_as(base + path, body=body)
+            assert status == 401 and "token" in err["detail"]
+            assert _call_as(base + path, "wrong", body)[0] == 401
+            assert _call_as(base + path, "s3cret-token-longer", body)[0] == 401
+            assert _call_as(base + path, "s3cret-token", body)[0] == 200
+        # a body over --max-body-bytes is refused before it is parsed: by its Content-Length ...
+        status, err = _call_as(base + "/v1/classify", "s3cret-token", {"texts": ["x" * 5000]})
+        assert status == 413 and "4096" in err["detail"]
+        # ... and, sent in chunks without one, as soon as it passes the cap
+        host, port = base.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        chunks = iter([b'{"texts": ["', b"y" * 3000, b"y" * 3000, b'"]}'])
+        conn.request("POST", "/v1/classify", body=chunks, encode_chunked=True,
+                     headers={"Authorization": "Bearer s3cret-token", "Content-Type": "application/json"})
+        r = conn.getresponse()
+        assert r.status == 413, r.read()
+        conn.close()
+        # under the cap, chunked, the same request is answered
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("POST", "/v1/classify", body=iter([b'{"texts": ["goal ', b'match"]}']), encode_chunked=True,
+                     headers={"Authorization": "Bearer s3cret-token", "Content-Type": "application/json"})
+        r = conn.getresponse()
+        assert r.status == 200 and len(json.loads(r.read())["predictions"]) == 1
+        conn.close()
+    # without a key the API stays open (loopback default)
+    monkeypatch.delenv("TEXTLORA_API_KEY")
+    with serving(run) as base:
+        assert _call_as(base + "/v1/model")[0] == 200
+
+
+def test_web_page_asks_for_the_api_token(run, tmp_path, monkeypatch):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    monkeypatch.setenv("TEXTLORA_API_KEY", "page-token")
+    with serving(run) as base, _browser(tmp_path) as driver:
+        driver.get(base + "/")
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: d.find_element(By.ID, "auth").is_displayed())
+        assert "needs an API token" in driver.find_element(By.ID, "meta").text
+        driver.find_element(By.ID, "token").send_keys("wrong")
+        driver.find_element(By.ID, "login").click()
+        wait.until(lambda d: "refused" in d.find_element(By.ID, "meta").text)
+        driver.find_element(By.ID, "token").clear()
+        driver.find_element(By.ID, "token").send_keys("page-token")
+        driver.find_element(By.ID, "login").click()
+        wait.until(lambda d: "classes:" in d.find_element(By.ID, "meta").text)
+        assert not driver.find_element(By.ID, "auth").is_displayed()
+        driver.find_element(By.ID, "text").send_keys("coach team goal season match")
+        driver.find_element(By.ID, "go").click()
+        wait.until(lambda d: d.find_element(By.ID, "label").text != "")

@@ -138,7 +138,7 @@ def _report(args, extra: list[str]) -> int:
 def _serve(args, extra: list[str]) -> int:
     from textlora.serve import serve
 
-    serve(args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_chars=args.max_chars)
+    serve(args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_chars=args.max_chars, api_key=args.api_key, max_body_bytes=args.max_body_bytes)
     return 0
 
 
@@ -271,6 +271,8 @@ VERBS = {
             (("--port",), dict(type=int, default=8000)),
             (("--max-batch",), dict(type=int, default=64, help="most texts per request (more: 413)")),
             (("--max-chars",), dict(type=int, default=10_000, help="texts are cut to this many characters")),
+            (("--api-key",), dict(help="bearer token for /v1/* (default: $TEXTLORA_API_KEY; none: open)")),
+            (("--max-body-bytes",), dict(type=int, help="larger request bodies get 413 before they are parsed")),
         ],
     ),
     "adapt": (_augment("adapt"), "textlora.augment.adapt:adapt", CACHED_ARGS),

@@ -8,6 +8,9 @@ inference path in a worker thread, then hands each request its own slice, in ord
 from __future__ import annotations
 
 import asyncio
+import hmac
+import json
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -71,6 +74,66 @@ class Batcher:
                 start += len(ts)
 
 
+API_KEY_ENV = "TEXTLORA_API_KEY"
+
+
+class _Guard:
+    """ASGI middleware in front of the app: a bearer token on every ``/v1/*`` call (when a key is set),
+    and a cap on the request body, checked before the body is parsed: by its Content-Length, and while
+    it arrives for a chunked body (which is then handed on from memory)."""
+
+    def __init__(self, app, api_key: str | None, max_body_bytes: int):
+        self.app, self.max_body = app, max_body_bytes
+        self.key = api_key.encode() if api_key else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if self.key and scope["path"].startswith("/v1/"):
+            auth = headers.get(b"authorization", b"")
+            token = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
+            if not hmac.compare_digest(token, self.key):  # constant time
+                return await _refuse(send, 401, "this server needs an API token: send 'Authorization: Bearer TOKEN'", [(b"www-authenticate", b"Bearer")])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return await _refuse(send, 413, f"the request body is {int(length)} bytes; the limit is {self.max_body}")
+        if scope["method"] in ("GET", "HEAD"):
+            return await self.app(scope, receive, send)
+        body, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body.append(message.get("body", b""))
+            more = message.get("more_body", False)
+            if sum(map(len, body)) > self.max_body:
+                return await _refuse(send, 413, f"the request body is over the limit of {self.max_body} bytes")
+        whole, handed = b"".join(body), False
+
+        async def replay():
+            nonlocal handed
+            if not handed:
+                handed = True
+                return {"type": "http.request", "body": whole, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _refuse(send, status: int, detail: str, headers: list | None = None) -> None:
+    payload = json.dumps({"detail": detail}).encode()
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *(headers or [])]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def default_max_body(max_batch: int, max_chars: int) -> int:
+    """Room for a full request within the limits: max_batch texts and their pairs of max_chars
+    characters, 4 bytes a character, plus 64 KiB of JSON."""
+    return 2 * max_batch * max_chars * 4 + 65_536
+
+
 def _examples(run: Path, config, label_names: list[str], per_class: int = 1) -> list[str]:
     """A few texts from the run's dev split (one a class) for the page's example buttons."""
     import pandas as pd
@@ -86,7 +149,9 @@ def _examples(run: Path, config, label_names: list[str], per_class: int = 1) -> 
     return [str(t)[:300] for t in picks[col].tolist()][: 2 * len(label_names)]
 
 
-def create_app(model, max_batch: int = 64, max_chars: int = 10_000, max_wait_ms: float = 5.0):
+def create_app(
+    model, max_batch: int = 64, max_chars: int = 10_000, max_wait_ms: float = 5.0, api_key: str | None = None, max_body_bytes: int | None = None
+):
     """The ASGI app for a run directory (or ONNX export).
 
     Args:
@@ -94,6 +159,8 @@ def create_app(model, max_batch: int = 64, max_chars: int = 10_000, max_wait_ms:
         max_batch: most texts in one request (more: 413) and in one internal batch.
         max_chars: texts are cut to this many characters (the tokenizer also truncates to model.max_length).
         max_wait_ms: how long the batcher waits for more requests before running a batch.
+        api_key: when set, every /v1/* call needs 'Authorization: Bearer API_KEY' (else 401); /healthz and the page stay open.
+        max_body_bytes: a larger request body gets 413 before it is parsed (default: default_max_body).
     """
     from contextlib import asynccontextmanager
 
@@ -114,7 +181,7 @@ def create_app(model, max_batch: int = 64, max_chars: int = 10_000, max_wait_ms:
         "lora": {"r": clf.config.lora.r, "alpha": clf.config.lora.alpha, "target_modules": clf.config.lora.target_modules, "bias": clf.config.lora.bias},
         "trainable_params": metrics.get("trainable_params"),
         "metrics": {k: (metrics.get("best") or {}).get(k) for k in ("accuracy", "macro_f1", "loss", "step")},
-        "limits": {"max_batch": max_batch, "max_chars": max_chars},
+        "limits": {"max_batch": max_batch, "max_chars": max_chars, "max_body_bytes": max_body_bytes or default_max_body(max_batch, max_chars)},
         "examples": _examples(run, clf.config, clf.label_names),
     }
     batcher = Batcher(clf.predict_proba, max_batch, max_wait_ms)
@@ -170,18 +237,30 @@ def create_app(model, max_batch: int = 64, max_chars: int = 10_000, max_wait_ms:
     async def index():
         return page
 
-    return app
+    return _Guard(app, api_key, max_body_bytes or default_max_body(max_batch, max_chars))
 
 
-def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 64, max_chars: int = 10_000) -> None:
+def serve(
+    model: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch: int = 64,
+    max_chars: int = 10_000,
+    api_key: str | None = None,
+    max_body_bytes: int | None = None,
+) -> None:
     """Serve a run directory over HTTP: POST /v1/classify, GET /v1/model, GET /healthz, a web page at /.
 
     Args:
         model: run directory (or ONNX export).
-        host: address to bind; loopback by default. Use 0.0.0.0 only behind a firewall you trust.
+        host: address to bind; loopback by default. Beyond loopback, set an API key.
         port: TCP port.
         max_batch: most texts per request (more get 413) and per internal batch.
         max_chars: texts are cut to this many characters.
+        api_key: a bearer token every /v1/* call must send (else 401); default: the environment variable
+            TEXTLORA_API_KEY, which keeps it out of the shell history. Without one the API is open.
+        max_body_bytes: a larger request body gets 413 before it is parsed (default: room for max_batch
+            texts and pairs of max_chars characters).
     """
     import uvicorn
 
@@ -190,6 +269,13 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int 
     run = open_run(model)
     if not 1 <= port <= 65535:
         raise UserError(f"--port {port}: expected 1..65535")
-    app = create_app(run, max_batch=max_batch, max_chars=max_chars)
+    if max_body_bytes is not None and max_body_bytes < 1:
+        raise UserError(f"--max-body-bytes {max_body_bytes}: expected a positive number of bytes")
+    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    app = create_app(run, max_batch=max_batch, max_chars=max_chars, api_key=api_key, max_body_bytes=max_body_bytes)
     print(f"textlora serve: http://{host}:{port}/ (API docs at /docs)", flush=True)
+    if api_key:
+        print("textlora serve: /v1/* needs 'Authorization: Bearer TOKEN'", flush=True)
+    elif host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"textlora serve: warning: {host} is not loopback and no API key is set ({API_KEY_ENV} or --api-key): anyone who reaches the port can use it", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
