@@ -152,3 +152,66 @@ def test_outputs_have_ordinary_permissions(run):
     out = run / "perm.csv"
     assert main(["predict", "--model", str(run / "run"), "--data", str(run / "unlabelled.csv"), "--output", str(out)]) == 0
     assert stat.S_IMODE(out.stat().st_mode) & 0o044  # readable by others, not 0600 from mkstemp
+
+
+def test_every_flag_comes_from_its_library_function():
+    """One definition a parameter: each verb's flags, types, defaults, choices and help are read off
+    its library function's signature and docstring, so a parameter without a flag cannot happen."""
+    import argparse
+    import inspect
+
+    from textlora.cli import CONFIG_PARAMS, OVERRIDES_PARAM, VERBS, build_parser, split_doc
+
+    for name, verb in VERBS.items():
+        fn = verb.function()
+        sub = next(a for a in build_parser(name)._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+        by_dest = {a.dest: a for a in sub._actions}
+        _, docs = split_doc(fn.__doc__)
+        assert sub.description and "Args:" not in sub.description
+        for pname, p in inspect.signature(fn).parameters.items():
+            if pname == OVERRIDES_PARAM:
+                continue
+            action = by_dest[pname]  # every parameter has its flag
+            if pname in CONFIG_PARAMS:
+                assert action.option_strings == ["--config"]
+                continue
+            assert action.option_strings == [f"--{pname.replace('_', '-')}"], (name, pname)
+            assert docs[pname].rstrip(".") in action.help, (name, pname)
+            if p.default is not inspect.Parameter.empty:
+                assert action.default == p.default and not action.required, (name, pname)
+            else:
+                assert action.required, (name, pname)
+    # the report's and generate's parameters that had no flag now have one
+    help_text = build_parser("report")._subparsers._group_actions[0].choices["report"].format_help()
+    assert "--top-mistakes" in help_text and "(default: 15)" in help_text
+
+
+def test_flags_follow_the_annotations():
+    from typing import Literal  # noqa: F401  (the annotation below is read as a string)
+
+    from textlora.cli import Verb, flags_for
+
+    def fn(path: str, sizes: "list[int] | None" = None, mode: 'Literal["a", "b"]' = "a", rate: float = 0.5, on: bool = False, many: "str | list[str]" = "x"):
+        """Doc.
+
+        Args:
+            path: a path.
+            sizes: some sizes.
+            mode: a mode.
+            rate: a rate.
+            on: a switch.
+            many: one or several.
+        """
+
+    flags = {f[0][0]: f[1] for f in flags_for(fn, Verb("x:fn", "x"))}
+    assert flags["--path"]["required"] and flags["--path"]["type"] is str
+    assert flags["--sizes"]["nargs"] == "*" and flags["--sizes"]["type"] is int and flags["--sizes"]["default"] is None
+    assert flags["--mode"]["choices"] == ["a", "b"] and "(default: %(default)s)" in flags["--mode"]["help"]
+    assert flags["--rate"]["type"] is float and flags["--on"]["action"] == "store_true"
+    assert flags["--many"]["nargs"] == "*"
+
+    def undocumented(path: str):
+        """No Args section."""
+
+    with pytest.raises(TypeError, match="'path' has no line"):
+        flags_for(undocumented, Verb("x:undocumented", "x"))

@@ -257,6 +257,12 @@ def budget(config_path: str | None, overrides: list[str] | None = None, plan: bo
     classes comes from data.label_names, else from the labels of data.train. With ``plan``,
     propose the LoRA settings that fill ``max_trainable_params`` (default: the config's budget)
     and show the options considered; ``lora: auto`` in a config trains with that plan.
+
+    Args:
+        config_path: YAML config file (default: the built-in defaults).
+        overrides: dotted overrides, e.g. ``--lora.r 8``.
+        plan: propose LoRA settings that fill the budget.
+        max_trainable_params: the budget to plan for (default: budget.max_trainable_params).
     """
     from textlora.config import load_config
     from textlora.models import build_model, load_base_model

@@ -1,15 +1,23 @@
 """The command line: a table from verb to library function. No logic lives here.
 
-Each verb's --help comes from its function's docstring. A UserError becomes one line on
-stderr and exit code 2.
+Each verb's flags come from its library function: one flag a parameter (``batch_size`` becomes
+``--batch-size``), its type, default and choices from the signature, its help from the docstring's
+``Args:`` section, and the verb's description from the rest of the docstring. A parameter named
+``config`` (or ``config_path``) becomes ``--config FILE``, read by the verb's config loader with the
+dotted overrides that follow it. A UserError becomes one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib
+import inspect
 import json
 import os
+import re
 import sys
+from dataclasses import dataclass, field
 
 
 def _is_rank0() -> bool:
@@ -17,46 +25,17 @@ def _is_rank0() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _train(args, extra: list[str]) -> int:
-    from textlora.config import load_config
-    from textlora.training import TrainingInterrupted, train
+# --- what each verb prints -------------------------------------------------------------------
 
-    config = load_config(args.config, extra)
-    try:
-        out = train(config, resume=args.resume, overwrite=args.overwrite)
-    except TrainingInterrupted as e:
-        print(f"textlora train: {e}", file=sys.stderr)
-        return 128 + e.signum
+
+def _show_train(out) -> None:
     if _is_rank0():
         print(f"run directory: {out}")
-    return 0
 
 
-def _pipeline(args, extra: list[str]) -> int:
-    from textlora.pipeline import load_pipeline_config, pipeline
-    from textlora.training import TrainingInterrupted
+def _show_evaluate(metrics, args) -> None:
+    from textlora.evaluation import format_metrics
 
-    try:
-        pipeline(load_pipeline_config(args.config, extra), overwrite=args.overwrite)
-    except TrainingInterrupted as e:
-        print(f"textlora pipeline: {e}; run the same command again to continue", file=sys.stderr)
-        return 128 + e.signum
-    return 0
-
-
-def _evaluate(args, extra: list[str]) -> int:
-    from textlora.evaluation import evaluate, format_metrics
-
-    metrics = evaluate(
-        args.model,
-        args.data,
-        output_dir=args.output_dir,
-        text_column=args.text_column,
-        label_column=args.label_column,
-        batch_size=args.batch_size,
-        overwrite=args.overwrite,
-        pair_column=args.pair_column,
-    )
     if len(args.data) == 1:
         print(format_metrics(metrics))
     else:
@@ -64,265 +43,179 @@ def _evaluate(args, extra: list[str]) -> int:
             print(f"== {f}\n{format_metrics(m)}\n")
     if args.output_dir:
         print(f"wrote {args.output_dir}/metrics.json and the confusion matrices (JSON, PNG)")
-    return 0
 
 
-def _predict(args, extra: list[str]) -> int:
-    from textlora.prediction import predict
-
-    result = predict(
-        args.model,
-        data=args.data,
-        output=args.output,
-        text=args.text,
-        text_column=args.text_column,
-        text_pair=args.text_pair,
-        pair_column=args.pair_column,
-        with_names=args.with_names,
-        with_probs=args.with_probs,
-        batch_size=args.batch_size,
-        overwrite=args.overwrite,
-        chunk_rows=args.chunk_rows,
-    )
+def _show_predict(result) -> None:
     if isinstance(result, dict):
         print(f"{result['label']}\t{result['label_name']}")
         print(json.dumps(result["probabilities"], indent=2))
     elif _is_rank0():
         print(f"wrote {result}")
-    return 0
 
 
-def _pseudolabel(args, extra: list[str]) -> int:
-    from textlora.pseudolabel import pseudolabel
-
-    out = pseudolabel(
-        args.model,
-        args.data,
-        args.output,
-        text_column=args.text_column,
-        min_confidence=args.min_confidence,
-        max_per_class=args.max_per_class,
-        balance=args.balance,
-        exclude=args.exclude,
-        batch_size=args.batch_size,
-        overwrite=args.overwrite,
-        chunk_rows=args.chunk_rows,
-    )
-    print(f"wrote {out} and {out.with_suffix('.report.json').name}")
-    return 0
-
-
-def _budget(args, extra: list[str]) -> int:
-    from textlora.budget import budget
-
-    report = budget(args.config, extra, plan=args.plan, max_trainable_params=args.max_trainable_params)
-    print(report)
-    return 0
-
-
-def _export(args, extra: list[str]) -> int:
-    from textlora.export import export
-
-    out = export(args.model, args.output, format=args.format, quantize=args.quantize, overwrite=args.overwrite)
+def _show_wrote(out) -> None:
     print(f"wrote {out}")
-    return 0
 
 
-def _report(args, extra: list[str]) -> int:
-    from textlora.report import build_report
+@dataclass
+class Verb:
+    target: str  # "module:function": the library function whose signature and docstring make the flags
+    summary: str  # one line for `textlora --help`
+    show: object = _show_wrote  # prints the result; (result) or (result, args)
+    config: str | None = None  # "module:loader" that reads --config FILE plus dotted overrides
+    config_class: str | None = None  # for the augment steps: the dataclass the loader fills
+    config_required: bool = False
+    config_help: str = "YAML config file; dotted overrides follow, e.g. --train.epochs 2"
+    hidden: tuple = field(default_factory=tuple)  # parameters the CLI does not expose
 
-    print(f"wrote {build_report(args.model, data=args.data, output=args.output, overwrite=args.overwrite)}")
-    return 0
+    def function(self):
+        module, name = self.target.split(":")
+        return getattr(importlib.import_module(module), name)
 
-
-def _serve(args, extra: list[str]) -> int:
-    from textlora.serve import serve
-
-    serve(args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_chars=args.max_chars, api_key=args.api_key, max_body_bytes=args.max_body_bytes)
-    return 0
-
-
-def _augment(kind: str):
-    """adapt / generate / filter: a YAML config of that step's dataclass plus dotted overrides."""
-
-    def run(args, extra: list[str]) -> int:
-        from textlora.config import load_config
-
-        if kind == "adapt":
-            from textlora.augment.adapt import AdaptConfig as cls
-            from textlora.augment.adapt import adapt as fn
-        elif kind == "generate":
-            from textlora.augment.generate import GenerateConfig as cls
-            from textlora.augment.generate import generate as fn
-        else:
-            from textlora.augment.filter import FilterConfig as cls
-            from textlora.augment.filter import filter_rows as fn
-        config = load_config(args.config, extra, cls=cls)
-        kwargs = {"reuse": args.reuse} if kind in ("adapt", "generate") else {}
-        print(f"wrote {fn(config, overwrite=args.overwrite, **kwargs)}")
-        return 0
-
-    return run
-
-
-AUGMENT_ARGS = [
-    (("--config",), dict(help="YAML config (default: the built-in defaults); dotted overrides follow, e.g. --rows_per_class 100")),
-    (("--overwrite",), dict(action="store_true")),
-]
-CACHED_ARGS = AUGMENT_ARGS + [
-    (("--reuse",), dict(action="store_true", help="keep an existing output made from the same settings and inputs; redo it otherwise"))
-]
 
 VERBS = {
-    # verb: (function, library function whose docstring is the help, arguments)
-    "train": (
-        _train,
-        "textlora.training:train",
-        [
-            (("--config",), dict(required=True, help="YAML config file; dotted overrides follow, e.g. --train.epochs 2")),
-            (("--resume",), dict(default="none", choices=["none", "last", "best"], help="continue from a checkpoint in output_dir")),
-            (("--overwrite",), dict(action="store_true", help="start afresh in an output_dir that already holds a run")),
-        ],
-    ),
-    "pipeline": (
-        _pipeline,
-        "textlora.pipeline:pipeline",
-        [
-            (("--config",), dict(required=True, help="pipeline YAML (e.g. configs/amazon-dvd-electronics.yaml); dotted overrides follow")),
-            (("--overwrite",), dict(action="store_true", help="redo every stage instead of reusing the cached ones")),
-        ],
-    ),
-    "evaluate": (
-        _evaluate,
-        "textlora.evaluation:evaluate",
-        [
-            (("--model",), dict(required=True, help="run directory")),
-            (("--data",), dict(required=True, nargs="+", help="labelled file(s)")),
-            (("--output-dir",), dict(help="write metrics and the confusion matrix (JSON, PNG) here")),
-            (("--text-column",), dict()),
-            (("--pair-column",), dict(help="second text column of a sentence-pair run (default: the run's)")),
-            (("--label-column",), dict()),
-            (("--batch-size",), dict(type=int, default=32)),
-            (("--overwrite",), dict(action="store_true")),
-        ],
-    ),
-    "predict": (
-        _predict,
-        "textlora.prediction:predict",
-        [
-            (("--model",), dict(required=True, help="run directory")),
-            (("--data",), dict(help="file of texts")),
-            (("--output",), dict(help="CSV to write (ID,Label; a multi-label run writes ID,Labels with a JSON list)")),
-            (("--text",), dict(help="classify one text and print label and probabilities")),
-            (("--text-column",), dict(default="text")),
-            (("--text-pair",), dict(help="the second text of --text, for a sentence-pair run")),
-            (("--pair-column",), dict(help="second text column of a sentence-pair run (default: the run's)")),
-            (("--with-names",), dict(action="store_true", help="add a LabelName column (LabelNames for multi-label runs)")),
-            (("--with-probs",), dict(action="store_true", help="add a P(name) column per class")),
-            (("--batch-size",), dict(type=int, default=32)),
-            (("--chunk-rows",), dict(type=int, default=20_000, help="rows read, predicted and written at a time (memory stays flat)")),
-            (("--overwrite",), dict(action="store_true")),
-        ],
-    ),
-    "pseudolabel": (
-        _pseudolabel,
-        "textlora.pseudolabel:pseudolabel",
-        [
-            (("--model",), dict(required=True, help="run directory of the teacher")),
-            (("--data",), dict(required=True, help="unlabelled file of texts")),
-            (("--output",), dict(required=True, help="CSV to write (text, label, provenance)")),
-            (("--text-column",), dict(default="text")),
-            (("--min-confidence",), dict(type=float, default=0.9, help="keep rows whose top class probability reaches this")),
-            (("--max-per-class",), dict(type=int, help="at most this many rows a class, most confident first")),
-            (("--balance",), dict(action="store_true", help="every class keeps as many rows as the class with the fewest")),
-            (("--exclude",), dict(nargs="*", default=[], help="files whose texts are never labelled (e.g. eval sets)")),
-            (("--batch-size",), dict(type=int, default=32)),
-            (("--chunk-rows",), dict(type=int, default=20_000, help="rows read at a time (memory stays flat)")),
-            (("--overwrite",), dict(action="store_true")),
-        ],
-    ),
-    "export": (
-        _export,
-        "textlora.export:export",
-        [
-            (("--model",), dict(required=True, help="run directory")),
-            (("--output",), dict(required=True, help="folder to write")),
-            (("--format",), dict(default="hf", choices=["hf", "onnx"])),
-            (("--quantize",), dict(choices=["int8"], help="int8 weights (onnx only)")),
-            (("--overwrite",), dict(action="store_true")),
-        ],
-    ),
-    "report": (
-        _report,
-        "textlora.report:build_report",
-        [
-            (("--model",), dict(required=True, help="run directory")),
-            (("--data",), dict(help="labelled file (default: RUN/dev.csv)")),
-            (("--output",), dict(help="HTML file (default: RUN/report.html)")),
-            (("--overwrite",), dict(action="store_true")),
-        ],
-    ),
-    "serve": (
-        _serve,
-        "textlora.serve:serve",
-        [
-            (("--model",), dict(required=True, help="run directory")),
-            (("--host",), dict(default="127.0.0.1")),
-            (("--port",), dict(type=int, default=8000)),
-            (("--max-batch",), dict(type=int, default=64, help="most texts per request (more: 413)")),
-            (("--max-chars",), dict(type=int, default=10_000, help="texts are cut to this many characters")),
-            (("--api-key",), dict(help="bearer token for /v1/* (default: $TEXTLORA_API_KEY; none: open)")),
-            (("--max-body-bytes",), dict(type=int, help="larger request bodies get 413 before they are parsed")),
-        ],
-    ),
-    "adapt": (_augment("adapt"), "textlora.augment.adapt:adapt", CACHED_ARGS),
-    "generate": (_augment("generate"), "textlora.augment.generate:generate", CACHED_ARGS),
-    "filter": (_augment("filter"), "textlora.augment.filter:filter_rows", AUGMENT_ARGS),
-    "budget": (
-        _budget,
-        "textlora.budget:budget",
-        [
-            (("--config",), dict(help="YAML config file (default: the built-in defaults); dotted overrides follow")),
-            (("--plan",), dict(action="store_true", help="propose LoRA settings that fill the budget")),
-            (("--max-trainable-params",), dict(type=int, help="the budget to plan for (default: budget.max_trainable_params)")),
-        ],
-    ),
+    "train": Verb("textlora.training:train", "train a LoRA classifier from a YAML config and write a run directory", _show_train,
+                  config="textlora.config:load_config", config_required=True),
+    "pipeline": Verb("textlora.pipeline:pipeline", "the whole method on any data: adapt, generate, filter, train, self-train, evaluate, predict",
+                     lambda summary: None, config="textlora.pipeline:load_pipeline_config", config_required=True,
+                     config_help="pipeline YAML (e.g. configs/amazon-dvd-electronics.yaml); dotted overrides follow"),
+    "evaluate": Verb("textlora.evaluation:evaluate", "accuracy, macro-F1, per-class scores and confusion matrix on a labelled file", _show_evaluate),
+    "predict": Verb("textlora.prediction:predict", "predict a file to an ID,Label CSV, or one --text", _show_predict),
+    "pseudolabel": Verb("textlora.pseudolabel:pseudolabel", "label unlabelled texts with a run; keep the confident ones, class-balanced, with provenance",
+                        lambda out: print(f"wrote {out} and {out.with_suffix('.report.json').name}")),
+    "export": Verb("textlora.export:export", "write a merged Hugging Face folder or an ONNX model (optionally int8)"),
+    "report": Verb("textlora.report:build_report", "write a self-contained HTML report: curves, confusion matrix, mistakes, timings"),
+    "serve": Verb("textlora.serve:serve", "serve a run over HTTP with a small web page (loopback by default)", lambda out: None),
+    "adapt": Verb("textlora.augment.adapt:adapt", "fine-tune a causal LM on unlabelled target texts (perplexity before/after)",
+                  config="textlora.config:load_config", config_class="textlora.augment.adapt:AdaptConfig",
+                  config_help="YAML config; dotted overrides follow, e.g. --max_steps 100"),
+    "generate": Verb("textlora.augment.generate:generate", "generate labelled rows from per-class prompts (batched, resumable)",
+                     config="textlora.config:load_config", config_class="textlora.augment.generate:GenerateConfig",
+                     config_help="YAML config; dotted overrides follow, e.g. --rows_per_class 100"),
+    "filter": Verb("textlora.augment.filter:filter_rows", "filter synthetic rows: length, garbage, duplicates, classifier agreement; report",
+                   config="textlora.config:load_config", config_class="textlora.augment.filter:FilterConfig",
+                   config_help="YAML config; dotted overrides follow, e.g. --min_words 5"),
+    "budget": Verb("textlora.budget:budget", "print the trainable-parameter breakdown of a config against its budget, or --plan one", print,
+                   config_help="YAML config file (default: the built-in defaults); dotted overrides follow"),
 }
-
-ACCEPTS_OVERRIDES = {"train", "pipeline", "budget", "adapt", "generate", "filter"}
-SUMMARIES = {
-    "train": "train a LoRA classifier from a YAML config and write a run directory",
-    "pipeline": "the whole method on any data: adapt, generate, filter, train, self-train, evaluate, predict",
-    "evaluate": "accuracy, macro-F1, per-class scores and confusion matrix on a labelled file",
-    "predict": "predict a file to an ID,Label CSV, or one --text",
-    "budget": "print the trainable-parameter breakdown of a config against its budget, or --plan one",
-    "pseudolabel": "label unlabelled texts with a run; keep the confident ones, class-balanced, with provenance",
-    "export": "write a merged Hugging Face folder or an ONNX model (optionally int8)",
-    "report": "write a self-contained HTML report: curves, confusion matrix, mistakes, timings",
-    "serve": "serve a run over HTTP with a small web page (loopback by default)",
-    "adapt": "fine-tune a causal LM on unlabelled target texts (perplexity before/after)",
-    "generate": "generate labelled rows from per-class prompts (batched, resumable)",
-    "filter": "filter synthetic rows: length, garbage, duplicates, classifier agreement; report",
-}
+CONFIG_PARAMS = ("config", "config_path")  # become --config FILE
+OVERRIDES_PARAM = "overrides"  # takes the dotted overrides that follow --config
 
 
-def _doc(target: str) -> str:
-    import importlib
+# --- flags from a signature and a docstring ------------------------------------------------
 
+
+def split_doc(doc: str | None) -> tuple[str, dict[str, str]]:
+    """(the docstring without its Args/Returns sections, {parameter: its Args text on one line})."""
+    lines = inspect.cleandoc(doc or "").splitlines()
+    body, args, section, name = [], {}, None, None
+    for line in lines:
+        header = re.fullmatch(r"(Args|Arguments|Returns|Raises|Yields):", line.strip())
+        if header and not line.startswith(" "):
+            section = header.group(1)
+            continue
+        if section is None:
+            body.append(line)
+        elif section in ("Args", "Arguments"):
+            m = re.fullmatch(r" {4}(\w+)(?: \(.*?\))?: (.*)", line)
+            if m:
+                name, args[m.group(1)] = m.group(1), m.group(2)
+            elif line.strip() and name:
+                args[name] += " " + line.strip()
+    return "\n".join(body).strip(), {k: v.replace("``", "'") for k, v in args.items()}
+
+
+def _parse_annotation(ann: str) -> tuple[type, bool, list | None]:
+    """(element type, is a list, choices) of an annotation written as a string: 'int | None',
+    'list[str] | None', 'str | list[str]', 'Literal["hf", "onnx"]'."""
+    parts = [p.strip() for p in re.split(r"\|(?![^\[]*\])", ann)]
+    parts = [p for p in parts if p != "None"]
+    many = any(p.startswith("list[") for p in parts)
+    choices = None
+    for p in parts:
+        if p.startswith("Literal["):
+            choices = list(ast.literal_eval(f"({p[len('Literal['):-1]},)"))
+    names = [p[5:-1] if p.startswith("list[") else p for p in parts]
+    kind = next((t for n, t in (("int", int), ("float", float), ("bool", bool)) if n in names), str)
+    if choices:
+        kind = type(choices[0])
+    return kind, many, choices
+
+
+def flags_for(fn, verb: Verb) -> list[tuple[tuple, dict]]:
+    """argparse arguments for every parameter of ``fn``: one definition, in the library."""
+    _, docs = split_doc(fn.__doc__)
+    out = []
+    for name, p in inspect.signature(fn).parameters.items():
+        if name in verb.hidden or name == OVERRIDES_PARAM:
+            continue
+        if name in CONFIG_PARAMS:
+            out.append((("--config",), dict(dest=name, required=verb.config_required, metavar="FILE", help=verb.config_help)))
+            continue
+        if name not in docs:
+            raise TypeError(f"{verb.target}: parameter {name!r} has no line in the docstring's Args section")
+        ann = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "str")
+        kind, many, choices = _parse_annotation(ann)
+        required = p.default is inspect.Parameter.empty
+        kwargs = dict(dest=name, help=docs[name])
+        if kind is bool and not many:
+            kwargs["action"] = argparse.BooleanOptionalAction if p.default is True else "store_true"
+        else:
+            kwargs |= dict(type=kind, required=required)
+            if many:
+                kwargs["nargs"] = "+" if required else "*"
+            if choices:
+                kwargs["choices"] = choices
+            if not required:
+                kwargs["default"] = p.default
+                if p.default is not None:
+                    kwargs["help"] = kwargs["help"].rstrip(".") + " (default: %(default)s)"
+        out.append(((f"--{name.replace('_', '-')}",), kwargs))
+    return out
+
+
+def _loader(target: str):
     module, name = target.split(":")
-    return (getattr(importlib.import_module(module), name).__doc__ or "").strip()
+    return getattr(importlib.import_module(module), name)
+
+
+def _run(name: str, args, extra: list[str]) -> int:
+    verb = VERBS[name]
+    fn = verb.function()
+    params = inspect.signature(fn).parameters
+    kwargs = {p: getattr(args, p) for p in params if hasattr(args, p)}
+    if OVERRIDES_PARAM in params:
+        kwargs[OVERRIDES_PARAM] = extra
+    if verb.config:
+        key = next(p for p in CONFIG_PARAMS if p in params)
+        loader = _loader(verb.config)
+        kwargs[key] = loader(args.__dict__[key], extra, cls=_loader(verb.config_class)) if verb.config_class else loader(args.__dict__[key], extra)
+    interrupted = _loader("textlora.training:TrainingInterrupted") if name in ("train", "pipeline") else ()
+    try:
+        result = fn(**kwargs)
+    except interrupted as e:
+        hint = "; run the same command again to continue" if name == "pipeline" else ""
+        print(f"textlora {name}: {e}{hint}", file=sys.stderr)
+        return 128 + e.signum
+    show = verb.show
+    show(result, args) if len(inspect.signature(show).parameters) == 2 else show(result)
+    return 0
 
 
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``verb``'s own flags are built (and only its module imported)."""
     parser = argparse.ArgumentParser(prog="textlora", description="Train, evaluate and run LoRA text classifiers under a parameter budget.")
     from textlora.version import __version__
 
     parser.add_argument("--version", action="version", version=f"textlora {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for name, (_, target, arguments) in VERBS.items():
-        doc = _doc(target) if name == verb else None  # import a verb's module only for its own --help
-        p = sub.add_parser(name, help=SUMMARIES[name], description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-        for flags, kwargs in arguments:
+    for name, spec in VERBS.items():
+        if name != verb:
+            sub.add_parser(name, help=spec.summary)
+            continue
+        fn = spec.function()
+        p = sub.add_parser(name, help=spec.summary, description=split_doc(fn.__doc__)[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+        for flags, kwargs in flags_for(fn, spec):
             p.add_argument(*flags, **kwargs)
     return parser
 
@@ -340,10 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb is None:
         parser.print_help()
         return 2
-    if extra and args.verb not in ACCEPTS_OVERRIDES:
+    if extra and not (VERBS[args.verb].config or OVERRIDES_PARAM in inspect.signature(VERBS[args.verb].function()).parameters):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return VERBS[args.verb][0](args, extra)
+        return _run(args.verb, args, extra)
     except UserError as e:
         print(f"textlora {args.verb}: error: {e}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ import numpy as np
 
 from textlora.errors import UserError
 from textlora.metrics import metrics_from_logits
+from textlora.runtime import BATCH_SIZE
 
 
 def plot_confusion(metrics: dict, path) -> None:
@@ -58,7 +59,7 @@ def evaluate(
     output_dir: str | None = None,
     text_column: str | None = None,
     label_column: str | None = None,
-    batch_size: int = 32,
+    batch_size: int = BATCH_SIZE,
     overwrite: bool = False,
     pair_column: str | None = None,
 ) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from textlora.errors import UserError
 
@@ -18,7 +19,7 @@ def _check_output_dir(output: str, overwrite: bool) -> Path:
     return out
 
 
-def export(model: str, output: str, format: str = "hf", quantize: str | None = None, overwrite: bool = False) -> Path:
+def export(model: str, output: str, format: Literal["hf", "onnx"] = "hf", quantize: Literal["int8"] | None = None, overwrite: bool = False) -> Path:
     """Export a run directory for serving elsewhere.
 
     Args:

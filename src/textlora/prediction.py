@@ -18,6 +18,7 @@ import numpy as np
 from textlora.errors import UserError
 from textlora.run import Run, open_run
 from textlora.runtime import (
+    BATCH_SIZE,
     batched_logits,
     chosen,
     default_device,
@@ -33,7 +34,7 @@ from textlora.runtime import (
 class Classifier:
     """A run directory loaded for prediction (LoRA merged into the base weights)."""
 
-    def __init__(self, run: str | os.PathLike | Run, *, precision: str = "auto", batch_size: int = 32):
+    def __init__(self, run: str | os.PathLike | Run, *, precision: str = "auto", batch_size: int = BATCH_SIZE):
         from textlora.models import load_classifier
 
         self.run = open_run(run)
@@ -57,7 +58,7 @@ class Classifier:
 class OnnxClassifier:
     """An ONNX export (``textlora export --format onnx``) run by onnxruntime, with :class:`Classifier`'s interface."""
 
-    def __init__(self, run: str | os.PathLike | Run, batch_size: int = 32):
+    def __init__(self, run: str | os.PathLike | Run, batch_size: int = BATCH_SIZE):
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
@@ -137,7 +138,7 @@ def predict(
     pair_column: str | None = None,
     with_names: bool = False,
     with_probs: bool = False,
-    batch_size: int = 32,
+    batch_size: int = BATCH_SIZE,
     overwrite: bool = False,
     chunk_rows: int = 20_000,
 ) -> dict | Path:

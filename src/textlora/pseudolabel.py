@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from textlora.errors import UserError
+from textlora.runtime import BATCH_SIZE
 
 
 def select(probs: np.ndarray, min_confidence: float, max_per_class: int | None, balance: bool) -> np.ndarray:
@@ -78,7 +79,7 @@ def pseudolabel(
     max_per_class: int | None = None,
     balance: bool = False,
     exclude: list[str] | None = None,
-    batch_size: int = 32,
+    batch_size: int = BATCH_SIZE,
     overwrite: bool = False,
     chunk_rows: int = 20_000,
 ) -> Path:

@@ -15,6 +15,7 @@ import numpy as np
 from textlora.errors import UserError
 
 THRESHOLD = 0.5  # multi-label: a class is predicted when its sigmoid probability reaches this
+BATCH_SIZE = 32  # texts per forward pass at inference (evaluate, predict, pseudolabel); small batches stay in cache
 PAD_MULTIPLE = 8  # pad batches to a multiple of this: fewer distinct shapes, friendlier kernels
 
 
@@ -97,7 +98,7 @@ def batched_logits(encoded: list[list[int]], pad_id: int, batch_size: int, forwa
 
 
 def predict_logits(
-    model, encoded: list[list[int]], pad_id: int, *, batch_size: int = 32, precision: str = "auto", device=None, progress: bool = False
+    model, encoded: list[list[int]], pad_id: int, *, batch_size: int = BATCH_SIZE, precision: str = "auto", device=None, progress: bool = False
 ) -> np.ndarray:
     """Logits (float32, shape [N, num_labels]) of a torch model for pre-tokenized texts, in input order."""
     import torch

@@ -19,6 +19,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -198,7 +199,7 @@ class Session:
     writer: object = None  # tensorboard, when installed (rank 0)
 
 
-def train(config: Config, resume: str = "none", overwrite: bool = False) -> Path:
+def train(config: Config, resume: Literal["none", "last", "best"] = "none", overwrite: bool = False) -> Path:
     """Train a LoRA classifier as ``config`` says and write its run directory.
 
     The recipe, step by step: set up the data (read, split, resolve the config, tokenize), the

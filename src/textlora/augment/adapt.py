@@ -132,6 +132,11 @@ def adapt(config: AdaptConfig, overwrite: bool = False, reuse: bool = False) -> 
     measured on target texts only).
     With ``reuse``, an output_dir adapted from the same settings and the same input files is kept
     as it is (a changed setting or input redoes it).
+
+    Args:
+        config: the adaptation settings (``AdaptConfig``: texts, output_dir, base model, steps).
+        overwrite: replace an existing output_dir.
+        reuse: keep an existing output_dir made from the same settings and inputs; redo it otherwise.
     """
     from dataclasses import replace
 

@@ -139,6 +139,10 @@ def filter_rows(config: FilterConfig, overwrite: bool = False) -> Path:
 
     Labels are class names (as ``generate`` writes them); the classifier filter compares its
     predicted class name with each row's, so the prompt file's class order never matters.
+
+    Args:
+        config: the filter settings (``FilterConfig``: input, output, which checks run).
+        overwrite: replace an existing output.
     """
     from textlora.data import read_table, read_texts
     from textlora.fsutil import atomic_path, check_output_path

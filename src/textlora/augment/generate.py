@@ -149,6 +149,12 @@ def generate(config: GenerateConfig, overwrite: bool = False, label_names: list[
     summary to ``output`` with suffix ``.generate.json``; a class that yields no text is reported.
     With ``reuse``, an output generated from the same settings, prompts and model files is kept
     as it is (a changed setting or input redoes it).
+
+    Args:
+        config: the generation settings (``GenerateConfig``: prompts, output, model, sampling).
+        overwrite: replace an existing output.
+        label_names: the classes, in the classifier's order; the prompt file must list exactly these.
+        reuse: keep an existing output made from the same settings and inputs; redo it otherwise.
     """
 
     import pandas as pd
