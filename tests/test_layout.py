@@ -7,6 +7,7 @@ import ast
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "textlora"
 
@@ -50,15 +51,28 @@ def test_no_import_cycles():
     assert graph["textlora.metrics"] <= {"textlora.runtime"}
 
 
-def test_predict_opens_the_run_once(trained, monkeypatch, tmp_path):
+@pytest.mark.parametrize("verb", ["predict", "evaluate", "report", "pseudolabel", "export"])
+def test_each_verb_opens_its_run_once(verb, trained, monkeypatch, tmp_path):
+    """The run is opened where the user's path comes in and the Run is passed down: open_run runs
+    once a verb and config.yaml is read once, however deep the calls go (load, Classifier, load_model)."""
     import textlora.config
+    import textlora.run
     from textlora.cli import main
 
-    reads = []
-    real = textlora.config.config_from_dict
-    monkeypatch.setattr(textlora.config, "config_from_dict", lambda raw: reads.append(1) or real(raw))
-    assert main(["predict", "--model", str(trained / "run"), "--data", str(trained / "test.csv"), "--output", str(tmp_path / "p.csv")]) == 0
-    assert len(reads) == 1 and len(pd.read_csv(tmp_path / "p.csv")) == 30
+    opens, reads = [], []
+    real_open, real_read = textlora.run.open_run, textlora.config.config_from_dict
+    monkeypatch.setattr(textlora.run, "open_run", lambda *a, **k: opens.append(a[0]) or real_open(*a, **k))
+    monkeypatch.setattr(textlora.config, "config_from_dict", lambda raw: reads.append(1) or real_read(raw))
+    run, data = str(trained / "run"), str(trained / "test.csv")
+    argv = {
+        "predict": ["--data", data, "--output", str(tmp_path / "p.csv")],
+        "evaluate": ["--data", data],
+        "report": ["--output", str(tmp_path / "r.html")],
+        "pseudolabel": ["--data", data, "--output", str(tmp_path / "pl.csv"), "--min-confidence", "0"],
+        "export": ["--output", str(tmp_path / "hf")],
+    }[verb]
+    assert main([verb, "--model", run, *argv]) == 0
+    assert len(opens) == 1 and len(reads) == 1, (opens, reads)
 
 
 def test_public_api_names_stay_functions_after_any_import():

@@ -83,7 +83,7 @@ def evaluate(
     from textlora.data import encode_labels, read_options, read_texts
     from textlora.fsutil import atomic_path
     from textlora.prediction import load
-    from textlora.run import open_run
+    from textlora.run import as_run
 
     files = [data] if isinstance(data, str) else list(data)
     if not files:
@@ -101,7 +101,7 @@ def evaluate(
         clash = [n for n in names if (out / n).exists()]
         if clash and not overwrite:
             raise UserError(f"--output-dir {out}: {clash[0]} already exists; pass --overwrite to replace it")
-    run = open_run(model)  # check every input before loading any weights
+    run = as_run(model)  # check every input before loading any weights
     config, label_names = run.config, run.labels
     opts = {**read_options(config.data), "pair_column": pair_column or config.data.text_pair_column}
     frames = [read_texts(f, text_column or config.data.text_column, label_column or config.data.label_column, **opts) for f in files]

@@ -31,8 +31,8 @@ def export(model: str, output: str, format: Literal["hf", "onnx"] = "hf", quanti
         overwrite: replace an existing output folder.
     """
     from textlora.fsutil import atomic_dir
-    from textlora.models import load_classifier
-    from textlora.run import open_run, write_export_meta
+    from textlora.models import load_model
+    from textlora.run import as_run, write_export_meta
 
     if format not in ("hf", "onnx"):
         raise UserError(f"--format: expected hf or onnx, found {format!r}")
@@ -40,7 +40,7 @@ def export(model: str, output: str, format: Literal["hf", "onnx"] = "hf", quanti
         raise UserError(f"--quantize: expected int8, found {quantize!r}")
     if quantize and format != "onnx":
         raise UserError("--quantize int8 needs --format onnx")
-    run = open_run(model)
+    run = as_run(model)
     if format == "hf":
         saved = run.config
         if saved.model.head != "standard":
@@ -48,7 +48,7 @@ def export(model: str, output: str, format: Literal["hf", "onnx"] = "hf", quanti
         if saved.lora.method == "vera":
             raise UserError("--format hf: a VeRA run cannot be merged into plain weights (peft 0.21); use --format onnx")
     out = _check_output_dir(output, overwrite)
-    merged, tokenizer, label_names, config = load_classifier(run, merge=True)
+    merged, tokenizer = load_model(run, merge=True)
     with atomic_dir(out) as tmp:
         tokenizer.save_pretrained(str(tmp))
         if format == "hf":

@@ -299,12 +299,18 @@ def load_classifier(run_dir, *, merge: bool = True):
 
     With ``merge`` the LoRA weights are folded into the base weights for faster inference.
     """
+    from textlora.run import as_run
+
+    opened = as_run(run_dir)
+    model, tokenizer = load_model(opened, merge=merge)
+    return model, tokenizer, opened.labels, opened.config
+
+
+def load_model(opened, *, merge: bool = True):
+    """(model in eval mode, tokenizer) of an opened ``run.Run``; ``merge`` folds LoRA into the base weights."""
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from textlora.run import open_run
-
-    opened = open_run(run_dir)
     run, config, label_names = opened.path, opened.config, opened.labels
     base = load_base_model(
         config.model.name,
@@ -321,4 +327,4 @@ def load_classifier(run_dir, *, merge: bool = True):
         model = model.merge_and_unload()
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(str(run))
-    return model, tokenizer, label_names, config
+    return model, tokenizer

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from textlora.errors import UserError
-from textlora.run import Run, open_run
+from textlora.run import Run, as_run
 from textlora.runtime import (
     BATCH_SIZE,
     batched_logits,
@@ -31,14 +31,31 @@ from textlora.runtime import (
 )
 
 
-class Classifier:
+class _Loaded:
+    """What both classifiers share: the opened run, and its config and class names read from it."""
+
+    run: Run
+
+    @property
+    def config(self):
+        return self.run.config
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.run.labels
+
+    def predict_proba(self, texts: list, progress: bool = False) -> np.ndarray:
+        return probabilities(self.logits(texts, progress=progress), self.config)
+
+
+class Classifier(_Loaded):
     """A run directory loaded for prediction (LoRA merged into the base weights)."""
 
     def __init__(self, run: str | os.PathLike | Run, *, precision: str = "auto", batch_size: int = BATCH_SIZE):
-        from textlora.models import load_classifier
+        from textlora.models import load_model
 
-        self.run = open_run(run)
-        self.model, self.tokenizer, self.label_names, self.config = load_classifier(self.run, merge=True)
+        self.run = as_run(run)
+        self.model, self.tokenizer = load_model(self.run, merge=True)
         self.device = default_device()
         self.model.to(self.device)
         self.precision = resolve_precision(precision, self.device)
@@ -51,19 +68,15 @@ class Classifier:
             self.model, encoded, self.tokenizer.pad_token_id or 0, batch_size=self.batch_size, precision=self.precision, device=self.device, progress=progress
         )
 
-    def predict_proba(self, texts: list, progress: bool = False) -> np.ndarray:
-        return probabilities(self.logits(texts, progress=progress), self.config)
 
-
-class OnnxClassifier:
+class OnnxClassifier(_Loaded):
     """An ONNX export (``textlora export --format onnx``) run by onnxruntime, with :class:`Classifier`'s interface."""
 
     def __init__(self, run: str | os.PathLike | Run, batch_size: int = BATCH_SIZE):
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
-        self.run = open_run(run)
-        self.config, self.label_names = self.run.config, self.run.labels
+        self.run = as_run(run)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(self.run.onnx_file), options, providers=["CPUExecutionProvider"])
@@ -78,15 +91,12 @@ class OnnxClassifier:
         encoded = encode_texts(self.tokenizer, texts, self.max_length)
         return batched_logits(encoded, self.tokenizer.pad_token_id or 0, self.batch_size, forward, progress)
 
-    def predict_proba(self, texts: list, progress: bool = False) -> np.ndarray:
-        return probabilities(self.logits(texts, progress=progress), self.config)
-
 
 def load(run: str | os.PathLike | Run, **kwargs) -> Classifier | OnnxClassifier:
     """Open a run directory or an ONNX export (checked once) and load it for prediction."""
-    run = open_run(run)
+    run = as_run(run)
     if run.backend == "onnx":
-        return OnnxClassifier(run, batch_size=kwargs.get("batch_size", 32))
+        return OnnxClassifier(run, batch_size=kwargs.get("batch_size", BATCH_SIZE))
     return Classifier(run, **kwargs)
 
 
@@ -165,7 +175,7 @@ def predict(
 
     if (data is None) == (text is None):
         raise UserError("predict: give either --data FILE (with --output) or --text TEXT")
-    run = open_run(model)
+    run = as_run(model)
     config = run.config
     pair_column = pair_column or config.data.text_pair_column
     if text is not None:

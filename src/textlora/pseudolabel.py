@@ -106,14 +106,14 @@ def pseudolabel(
     from textlora.data import read_text_chunks, same_text, texts_in
     from textlora.fsutil import atomic_path, check_output_path
     from textlora.prediction import load
-    from textlora.run import open_run
+    from textlora.run import as_run
 
     if not 0 <= min_confidence <= 1:
         raise UserError(f"--min-confidence: expected a number in [0, 1], found {min_confidence}")
     if max_per_class is not None and max_per_class < 1:
         raise UserError(f"--max-per-class: expected an integer >= 1, found {max_per_class}")
     out = check_output_path(output, inputs=[data, *(exclude or [])], overwrite=overwrite, flag="--output")
-    run = open_run(model)
+    run = as_run(model)
     saved = run.config
     if saved.data.multi_label or saved.data.text_pair_column:
         raise UserError(

@@ -96,10 +96,10 @@ def build_report(model: str, data: str | None = None, output: str | None = None,
     from textlora.fsutil import atomic_path, check_output_path
     from textlora.metrics import compute_metrics, compute_multilabel_metrics
     from textlora.prediction import load
-    from textlora.run import open_run
+    from textlora.run import as_run
     from textlora.runtime import THRESHOLD
 
-    opened = open_run(model)
+    opened = as_run(model)
     run, config, names, metrics = opened.path, opened.config, opened.labels, opened.metrics
     data = data or str(run / "dev.csv")
     out = check_output_path(output or run / "report.html", inputs=[data], overwrite=overwrite, flag="--output")

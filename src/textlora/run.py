@@ -7,7 +7,8 @@ A run directory holds the adapter and the classifier head (peft's ``adapter_conf
 presence marks a complete run. An ONNX export holds ``model.onnx``, the tokenizer,
 ``config.yaml``, ``labels.json`` and a ``textlora.json`` that names the ONNX backend.
 
-- :func:`write_run` writes one; :func:`open_run` checks one once and returns a :class:`Run`.
+- :func:`write_run` writes one; :func:`open_run` checks one once and returns a :class:`Run`, which
+  the verbs pass down (:func:`as_run` lets library functions take either).
 - :func:`model_card` is the README.md: the Hub's front matter, then textlora's text.
 """
 
@@ -50,12 +51,13 @@ class Run:
         return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def open_run(path: str | os.PathLike | Run, flag: str = "--model") -> Run:
-    """Check that ``path`` is a complete run (or ONNX export) this textlora can read, and read it."""
+def open_run(path: str | os.PathLike, flag: str = "--model") -> Run:
+    """Check that ``path`` is a complete run (or ONNX export) this textlora can read, and read it.
+
+    The verbs call it once, where the user's path comes in, and pass the :class:`Run` down.
+    """
     from textlora.config import config_from_dict, read_yaml
 
-    if isinstance(path, Run):
-        return path
     run = Path(path)
     if not run.is_dir():
         raise UserError(f"{flag} {run}: no such run directory")
@@ -69,6 +71,11 @@ def open_run(path: str | os.PathLike | Run, flag: str = "--model") -> Run:
     if missing:
         raise UserError(f"{flag} {run}: not a complete textlora run directory (missing {', '.join(missing)})")
     return Run(run, config_from_dict(read_yaml(run / "config.yaml")), json.loads((run / "labels.json").read_text()), meta)
+
+
+def as_run(model: str | os.PathLike | Run) -> Run:
+    """``model`` itself when it is an opened :class:`Run`; else the run at that path, opened (for library callers)."""
+    return model if isinstance(model, Run) else open_run(model)
 
 
 def write_run(out: Path, core, tokenizer, config, splits, breakdown, metrics: dict) -> None:

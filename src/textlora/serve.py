@@ -168,10 +168,10 @@ def create_app(
     from fastapi.responses import HTMLResponse
 
     from textlora.prediction import load
-    from textlora.run import open_run
+    from textlora.run import as_run
     from textlora.runtime import chosen
 
-    opened = open_run(model)  # a path, or a run serve() has opened already
+    opened = as_run(model)  # a path, or the run serve() has opened already
     clf = load(opened)
     run, metrics = opened.path, opened.metrics
     info = {
@@ -264,9 +264,9 @@ def serve(
     """
     import uvicorn
 
-    from textlora.run import open_run
+    from textlora.run import as_run
 
-    run = open_run(model)
+    run = as_run(model)
     if not 1 <= port <= 65535:
         raise UserError(f"--port {port}: expected 1..65535")
     if max_body_bytes is not None and max_body_bytes < 1:
