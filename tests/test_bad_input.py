@@ -72,8 +72,7 @@ def test_corpus_every_verb(run_dir, tiny_bert, tmp_path, capsys):
 def test_paths_and_run_dirs(run_dir, tmp_path, capsys):
     model, data = str(run_dir / "run"), str(run_dir / "train.csv")
     fails(capsys, ["predict", "--model", model, "--data", str(tmp_path), "--output", str(tmp_path / "p.csv")], "is a directory")
-    fails(capsys, ["predict", "--model", model, "--data", data, "--output", str(tmp_path / "no" / "p.csv")], "directory")
-    fails(capsys, ["predict", "--model", model, "--data", data, "--output", str(run_dir / "train.csv" / "p.csv")], "does not exist")
+    fails(capsys, ["predict", "--model", model, "--data", data, "--output", str(run_dir / "train.csv" / "p.csv")], "train.csv is a file, not a folder")
     fails(capsys, ["predict", "--model", model, "--data", data, "--output", data], "same file as the input")
     fails(capsys, ["evaluate", "--model", str(tmp_path / "nope"), "--data", data], "no such run directory")
     # a run directory from another textlora format, and one with a file missing
@@ -113,3 +112,55 @@ def test_quirky_files_are_handled(run_dir, tiny_bert, tmp_path):
     pd.concat([df, pd.read_csv(long)]).to_csv(train, index=False)
     cfg = write_config(tmp_path / "c.yaml", tiny_bert, train, tmp_path / "out", train={"max_steps": 2})
     assert main(["train", "--config", str(cfg)]) == 0
+
+
+# verb -> (argv with OUT where its output goes, the output is a folder)
+WRITERS = {
+    "predict": (["predict", "--model", "{run}", "--data", "{data}", "--output", "OUT"], False),
+    "pseudolabel": (["pseudolabel", "--model", "{run}", "--data", "{data}", "--output", "OUT"], False),
+    "report": (["report", "--model", "{run}", "--output", "OUT"], False),
+    "export": (["export", "--model", "{run}", "--output", "OUT"], True),
+    "evaluate": (["evaluate", "--model", "{run}", "--data", "{data}", "--output-dir", "OUT"], True),
+    "train": (["train", "--config", "{config}", "--output_dir", "OUT"], True),
+    "adapt": (["adapt", "--model", "{gpt2}", "--texts", "{data}", "--heldout", "4", "--output_dir", "OUT"], True),
+    "generate": (["generate", "--model", "{gpt2}", "--prompts", "{prompts}", "--rows_per_class", "2", "--output", "OUT"], False),
+    "filter": (["filter", "--input", "{data}", "--output", "OUT"], False),
+}
+
+
+@pytest.mark.parametrize("verb", list(WRITERS))
+def test_every_output_path_follows_one_rule(verb, run_dir, tiny_bert, tiny_gpt2, tmp_path, capsys):
+    """One rule for every path a verb writes: a file where a folder goes (or the reverse), a parent
+    that is a file, or an output already there is one line naming the flag; a missing parent is made."""
+    import yaml
+
+    prompts = tmp_path / "prompts.yaml"
+    prompts.write_text(yaml.safe_dump({"classes": {"sports": ["the match"], "business": ["the market"], "science": ["the study"]}}))
+    values = {
+        "run": str(run_dir / "run"),
+        "data": str(run_dir / "test.csv"),
+        "config": str(write_config(tmp_path / "c.yaml", tiny_bert, run_dir / "train.csv", tmp_path / "unused", train={"epochs": 1})),
+        "gpt2": str(tiny_gpt2),
+        "prompts": str(prompts),
+    }
+    template, folder = WRITERS[verb]
+
+    def argv(out) -> list[str]:
+        return [str(out) if a == "OUT" else a.format(**values) for a in template]
+
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_folder").mkdir()
+    wrong_kind = tmp_path / ("a_file" if folder else "a_folder")
+    fails(capsys, argv(wrong_kind), f"expected a {'folder' if folder else 'file'}")
+    fails(capsys, argv(tmp_path / "a_file" / "out"), "a_file is a file, not a folder")
+    taken = run_dir / "run" if verb == "train" else tmp_path / ("taken" if folder else "taken.csv")
+    if verb == "evaluate":
+        (tmp_path / "taken").mkdir()
+        (tmp_path / "taken" / "metrics.json").write_text("{}")
+    elif verb != "train":
+        (taken.mkdir() if folder else taken.write_text("text,label\n"))
+    fails(capsys, argv(taken), "already holds a run" if verb == "train" else "already exists; pass --overwrite")
+    if verb in ("predict", "report", "export", "evaluate"):  # the cheap ones: a missing parent folder is made
+        out = tmp_path / "new" / "deeper" / ("out" if folder else "out.csv")
+        assert main(argv(out)) == 0
+        assert out.is_dir() if folder else out.is_file()

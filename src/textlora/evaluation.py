@@ -81,7 +81,7 @@ def evaluate(
         The metrics for a single file; for several, ``{file: metrics}``.
     """
     from textlora.data import encode_labels, read_options, read_texts
-    from textlora.fsutil import atomic_path
+    from textlora.fsutil import atomic_path, check_output
     from textlora.prediction import load
     from textlora.run import as_run
 
@@ -93,14 +93,8 @@ def evaluate(
         raise UserError(f"--data: two files share a name ({', '.join(files)}); their outputs would collide")
     names = ["metrics.json"] + [f"confusion_matrix{s}.{ext}" for s in stems for ext in ("json", "png")]
     if output_dir is not None:
-        out = Path(output_dir)
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--output-dir {out}: exists and is not a directory")
-        if not out.parent.is_dir():
-            raise UserError(f"--output-dir {out}: parent directory {out.parent} does not exist")
-        clash = [n for n in names if (out / n).exists()]
-        if clash and not overwrite:
-            raise UserError(f"--output-dir {out}: {clash[0]} already exists; pass --overwrite to replace it")
+        clash = lambda out: next((n for n in names if (out / n).exists()), None)  # noqa: E731
+        out = check_output(output_dir, flag="--output-dir", overwrite=overwrite, folder=True, taken=clash)
     run = as_run(model)  # check every input before loading any weights
     config, label_names = run.config, run.labels
     opts = {**read_options(config.data), "pair_column": pair_column or config.data.text_pair_column}

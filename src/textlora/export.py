@@ -10,15 +10,6 @@ from textlora.errors import UserError
 ONNX_FILE = "model.onnx"
 
 
-def _check_output_dir(output: str, overwrite: bool) -> Path:
-    out = Path(output)
-    if out.exists() and not overwrite:
-        raise UserError(f"--output {out}: already exists; pass --overwrite to replace it")
-    if not out.parent.is_dir():
-        raise UserError(f"--output {out}: directory {out.parent} does not exist")
-    return out
-
-
 def export(model: str, output: str, format: Literal["hf", "onnx"] = "hf", quantize: Literal["int8"] | None = None, overwrite: bool = False) -> Path:
     """Export a run directory for serving elsewhere.
 
@@ -30,7 +21,7 @@ def export(model: str, output: str, format: Literal["hf", "onnx"] = "hf", quanti
         quantize: ``int8`` for dynamic int8 quantization of the ONNX model's weights (onnx only).
         overwrite: replace an existing output folder.
     """
-    from textlora.fsutil import atomic_dir
+    from textlora.fsutil import atomic_dir, check_output
     from textlora.models import load_model
     from textlora.run import as_run, write_export_meta
 
@@ -47,7 +38,7 @@ def export(model: str, output: str, format: Literal["hf", "onnx"] = "hf", quanti
             raise UserError(f"--format hf: the run's model.head is {saved.model.head}, which transformers cannot load on its own; use --format onnx")
         if saved.lora.method == "vera":
             raise UserError("--format hf: a VeRA run cannot be merged into plain weights (peft 0.21); use --format onnx")
-    out = _check_output_dir(output, overwrite)
+    out = check_output(output, flag="--output", overwrite=overwrite, folder=True, inputs=[run.path])
     merged, tokenizer = load_model(run, merge=True)
     with atomic_dir(out) as tmp:
         tokenizer.save_pretrained(str(tmp))

@@ -97,19 +97,38 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_output_path(output: str | os.PathLike, *, inputs: list, overwrite: bool, flag: str) -> Path:
-    """Refuse an output that is an input, sits in a missing or unwritable directory, or exists."""
+def check_output(
+    output: str | os.PathLike,
+    *,
+    flag: str,
+    overwrite: bool,
+    inputs: list = (),
+    folder: bool = False,
+    taken=None,
+    taken_hint: str = "already exists; pass --overwrite to replace it",
+) -> Path:
+    """The one check of a path a verb will write, made before any work; each refusal is one line naming ``flag``.
+
+    Refused: the output is one of ``inputs``; a folder where a file goes (or, with ``folder``, a file
+    where a folder goes); a parent path that is a file or is not writable; an output that is already
+    there (``taken(out)``, by default: it exists) unless ``overwrite`` (the message ends in ``taken_hint``). A missing parent folder is
+    created, so that config paths such as ``runs/NAME`` work in a fresh checkout.
+    """
     out = Path(output)
     for inp in inputs:
         if inp is not None and out.resolve() == Path(inp).resolve():
             raise UserError(f"{flag} {out}: is the same file as the input; choose another output path")
+    if out.exists() and out.is_dir() != folder:
+        raise UserError(f"{flag} {out}: exists and is a {'file' if folder else 'folder'}; expected a {'folder' if folder else 'file'}")
     parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise UserError(f"{flag} {out}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"{flag} {out}: directory {parent} is not writable")
-    if out.exists() and not overwrite:
-        raise UserError(f"{flag} {out}: already exists; pass --overwrite to replace it")
+    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{flag} {out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"{flag} {out}: folder {existing} is not writable")
+    if (taken(out) if taken else out.exists()) and not overwrite:
+        raise UserError(f"{flag} {out}: {taken_hint}")
+    parent.mkdir(parents=True, exist_ok=True)
     return out
 
 

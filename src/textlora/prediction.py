@@ -171,7 +171,7 @@ def predict(
     """
 
     from textlora.data import read_text_chunks
-    from textlora.fsutil import atomic_path, check_output_path
+    from textlora.fsutil import atomic_path, check_output
 
     if (data is None) == (text is None):
         raise UserError("predict: give either --data FILE (with --output) or --text TEXT")
@@ -195,7 +195,7 @@ def predict(
         raise UserError("predict: --output is required with --data")
     if chunk_rows < 1:
         raise UserError(f"--chunk-rows: expected an integer >= 1, found {chunk_rows}")
-    out = check_output_path(output, inputs=[data], overwrite=overwrite, flag="--output")
+    out = check_output(output, inputs=[data], overwrite=overwrite, flag="--output")
     chunks = read_text_chunks(data, text_column, chunk_rows=chunk_rows, pair_column=pair_column)
     first = next(chunks)  # the file's problems (missing, no text column, empty) before any weights load
     clf = load(run, batch_size=batch_size)

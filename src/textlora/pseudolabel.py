@@ -104,7 +104,7 @@ def pseudolabel(
             rows), so that memory stays flat at any input size.
     """
     from textlora.data import read_text_chunks, same_text, texts_in
-    from textlora.fsutil import atomic_path, check_output_path
+    from textlora.fsutil import atomic_path, check_output
     from textlora.prediction import load
     from textlora.run import as_run
 
@@ -112,7 +112,7 @@ def pseudolabel(
         raise UserError(f"--min-confidence: expected a number in [0, 1], found {min_confidence}")
     if max_per_class is not None and max_per_class < 1:
         raise UserError(f"--max-per-class: expected an integer >= 1, found {max_per_class}")
-    out = check_output_path(output, inputs=[data, *(exclude or [])], overwrite=overwrite, flag="--output")
+    out = check_output(output, inputs=[data, *(exclude or [])], overwrite=overwrite, flag="--output")
     run = as_run(model)
     saved = run.config
     if saved.data.multi_label or saved.data.text_pair_column:

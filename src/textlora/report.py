@@ -93,7 +93,7 @@ def build_report(model: str, data: str | None = None, output: str | None = None,
     import yaml
 
     from textlora.data import encode_labels, read_options, read_texts
-    from textlora.fsutil import atomic_path, check_output_path
+    from textlora.fsutil import atomic_path, check_output
     from textlora.metrics import compute_metrics, compute_multilabel_metrics
     from textlora.prediction import load
     from textlora.run import as_run
@@ -102,7 +102,7 @@ def build_report(model: str, data: str | None = None, output: str | None = None,
     opened = as_run(model)
     run, config, names, metrics = opened.path, opened.config, opened.labels, opened.metrics
     data = data or str(run / "dev.csv")
-    out = check_output_path(output or run / "report.html", inputs=[data], overwrite=overwrite, flag="--output")
+    out = check_output(output or run / "report.html", inputs=[data], overwrite=overwrite, flag="--output")
     frame = read_texts(data, config.data.text_column, config.data.label_column, **read_options(config.data))
     y = encode_labels(frame, names)
     probs = load(opened).predict_proba(frame.texts)

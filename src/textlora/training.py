@@ -157,12 +157,11 @@ def lock_path(out: Path) -> Path:
 
 
 def _check_output_dir(out: Path, resume: str, overwrite: bool) -> None:
-    if resume != "none":
-        return
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output_dir {out}: exists and is not a directory")
-    if is_run_dir(out) and not overwrite:
-        raise UserError(f"output_dir {out}: already holds a run; pass --resume last to continue it or --overwrite to start again")
+    """Before the lock is taken beside it: the one output rule; a run already there is refused unless resumed or overwritten."""
+    from textlora.fsutil import check_output
+
+    hint = "already holds a run; pass --resume last to continue it or --overwrite to start again"
+    check_output(out, flag="output_dir", overwrite=overwrite or resume != "none", folder=True, taken=is_run_dir, taken_hint=hint)
 
 
 @dataclass
@@ -222,8 +221,8 @@ def train(config: Config, resume: Literal["none", "last", "best"] = "none", over
     dist_info, device = init_distributed()
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(config.output_dir)
-    lock = hold_lock(lock_path(out), what=f"output_dir {out}") if dist_info.main else None  # held until this process ends
     _check_output_dir(out, resume, overwrite)
+    lock = hold_lock(lock_path(out), what=f"output_dir {out}") if dist_info.main else None  # held until this process ends
     s = Session(config, resume, out, dist_info, device, resolve_precision(config.train.precision, device), pick_checkpoint(out, resume))
     _setup_data(s)
     _setup_model(s)

@@ -144,7 +144,7 @@ def adapt(config: AdaptConfig, overwrite: bool = False, reuse: bool = False) -> 
 
     from textlora.augment.lm import load_causal_lm
     from textlora.data import read_texts, same_text, texts_in
-    from textlora.fsutil import atomic_dir
+    from textlora.fsutil import atomic_dir, check_output
     from textlora.runtime import autocast, default_device, make_scheduler, resolve_precision
 
     out = Path(config.output_dir)
@@ -152,8 +152,7 @@ def adapt(config: AdaptConfig, overwrite: bool = False, reuse: bool = False) -> 
     if reuse and is_adapted(config):
         print(f"reusing {out}: adapted from the same settings and inputs", flush=True)
         return out
-    if out.exists() and not (overwrite or reuse):
-        raise UserError(f"output_dir {out}: already exists; pass --overwrite to replace it")
+    check_output(out, flag="output_dir", overwrite=overwrite or reuse, folder=True, inputs=[config.texts])
     frame = read_texts(config.texts, config.text_column, None, require_labels=False)
     banned = texts_in(config.exclude, config.text_column)
     texts = [t for t in frame.texts if same_text(t) not in banned]

@@ -145,9 +145,9 @@ def filter_rows(config: FilterConfig, overwrite: bool = False) -> Path:
         overwrite: replace an existing output.
     """
     from textlora.data import read_table, read_texts
-    from textlora.fsutil import atomic_path, check_output_path
+    from textlora.fsutil import atomic_path, check_output
 
-    out = check_output_path(config.output, inputs=[config.input, config.real], overwrite=overwrite, flag="output")
+    out = check_output(config.output, inputs=[config.input, config.real], overwrite=overwrite, flag="output")
     df = read_table(config.input)  # read once: the kept rows are written with every column they came with
     frame = read_texts(config.input, config.text_column, config.label_column, table=df)
     labels = np.array([str(v) for v in frame.labels], dtype=object)

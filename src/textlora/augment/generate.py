@@ -161,10 +161,10 @@ def generate(config: GenerateConfig, overwrite: bool = False, label_names: list[
     import torch
 
     from textlora.augment.lm import load_causal_lm
-    from textlora.fsutil import atomic_path
+    from textlora.fsutil import atomic_path, check_output
     from textlora.runtime import default_device, resolve_precision
 
-    out = Path(config.output)
+    out = check_output(config.output, flag="output", overwrite=overwrite or reuse, inputs=[config.prompts])
     if out.suffix.lower() not in (".csv", ".parquet"):
         raise UserError(f"output {out}: expected a .csv or .parquet file")
     summary_path = out.with_suffix(".generate.json")
@@ -172,9 +172,6 @@ def generate(config: GenerateConfig, overwrite: bool = False, label_names: list[
     if reuse and is_generated(config, label_names):
         print(f"reusing {out}: generated from the same settings, prompts and model", flush=True)
         return out
-    if out.exists() and not (overwrite or reuse):
-        raise UserError(f"output {out}: already exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
     prompts = read_prompts(config.prompts, label_names)
     rows = plan_rows(prompts, config)
     partial = out.with_name(out.name + ".partial.csv")
