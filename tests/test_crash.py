@@ -128,3 +128,69 @@ def test_disk_full_while_writing_keeps_the_previous_checkpoint_and_output(tmp_pa
     errors = [line for line in r.stderr.splitlines() if line.startswith("textlora predict:")]
     assert r.returncode == 2 and len(errors) == 1 and "no space left on device" in errors[0], r.stderr
     assert out.read_text() == "old\n"
+
+
+def _adapt_argv(gpt2, texts, out, *extra):
+    return ["adapt", "--model", str(gpt2), "--texts", str(texts), "--output_dir", str(out), "--lora_targets", "[c_attn]",
+            "--epochs", "3", "--batch_size", "8", "--heldout", "10", "--max_texts", "null", "--precision", "fp32",
+            "--learning_rate", "5e-3", "--save_steps", "4", *extra]
+
+
+def _adapt(argv, fault=None, timeout=120):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("TEXTLORA_FAULT", None)
+    if fault:
+        env["TEXTLORA_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "textlora", *argv], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_adapt_killed_at_a_step_resumes_with_the_same_result(tmp_path, tiny_gpt2):
+    from .conftest import make_texts
+
+    texts = tmp_path / "target.csv"
+    make_texts(20, seed=4).drop(columns=["label"]).to_csv(texts, index=False)  # 60 texts: 50 train, 7 steps an epoch, 21 in all
+    assert main(_adapt_argv(tiny_gpt2, texts, tmp_path / "ref")) == 0
+    ref = json.loads((tmp_path / "ref" / "adapt_metrics.json").read_text())
+    out = tmp_path / "crash"
+    r = _adapt(_adapt_argv(tiny_gpt2, texts, out), fault="adapt_step:11")  # killed in step 11: step 8 is saved
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert not out.exists()  # the output appears only when complete
+    r = _adapt(_adapt_argv(tiny_gpt2, texts, out))
+    assert r.returncode == 0, r.stderr
+    assert "resuming adapt at step 8" in r.stdout
+    got = json.loads((out / "adapt_metrics.json").read_text())
+    assert got["steps"] == ref["steps"] == 21
+    assert got["losses"] == pytest.approx(ref["losses"], rel=1e-5)
+    assert got["perplexity_after"] == pytest.approx(ref["perplexity_after"], rel=1e-5)
+    assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())  # its checkpoints are cleaned up
+    # a changed setting starts afresh instead of resuming another adaptation's checkpoints
+    r = _adapt(_adapt_argv(tiny_gpt2, texts, tmp_path / "other", "--learning_rate", "1e-3"), fault="adapt_step:6")
+    r = _adapt(_adapt_argv(tiny_gpt2, texts, tmp_path / "other", "--learning_rate", "2e-3"))
+    assert r.returncode == 0 and "resuming" not in r.stdout, r.stdout
+
+
+def test_adapt_sigterm_saves_and_a_second_adapt_is_refused(tmp_path, tiny_gpt2, capsys):
+    from textlora.augment.adapt import lock_path
+    from textlora.fsutil import hold_lock
+
+    from .conftest import fails, make_texts
+
+    texts = tmp_path / "target.csv"
+    make_texts(200, seed=4).drop(columns=["label"]).to_csv(texts, index=False)
+    out = tmp_path / "adapted"
+    argv = _adapt_argv(tiny_gpt2, texts, out, "--epochs", "20", "--save_steps", "1000")
+    proc = subprocess.Popen([sys.executable, "-m", "textlora", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout.readline().startswith("adapt:")  # the loop is about to start
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    stdout, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "run the same command again to continue" in err
+    assert list((out.parent / f"{out.name}.partial" / "checkpoints").iterdir())
+    held = hold_lock(lock_path(out), what="test")  # another process adapting into the same folder
+    try:
+        r = _adapt(argv)
+        assert r.returncode == 2 and "is in use by another textlora process" in r.stderr
+    finally:
+        held.close()

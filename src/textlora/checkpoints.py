@@ -1,4 +1,5 @@
-"""Checkpoints of a training run: written atomically with checksums, verified before resume.
+"""Checkpoints of a training run (train and adapt): written atomically with checksums, verified before
+resume; and the interruption both loops share (SIGINT/SIGTERM saves a checkpoint, then stops).
 
 ``OUTPUT_DIR/checkpoints/step-NNNNNNNN/`` holds the trainable weights
 (``trainable.safetensors``), the optimizer, scheduler and RNG state (``optim.pt``) and
@@ -152,3 +153,40 @@ def pick_checkpoint(output_dir: Path, resume: str) -> Path | None:
     if damage:
         raise UserError(f"--resume best: checkpoint {best} is damaged ({damage}); use --resume last")
     return output_dir / "checkpoints" / best
+
+
+# --- interruption ------------------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived and a resumable checkpoint was saved; the CLI exits with 128 + ``signum``."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
+class Signals:
+    """Turns SIGINT/SIGTERM into a flag (``received``) that a training loop checks after each step."""
+
+    def __init__(self):
+        self.received = 0
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)

@@ -190,11 +190,11 @@ def _run(name: str, args, extra: list[str]) -> int:
         key = next(p for p in CONFIG_PARAMS if p in params)
         loader = _loader(verb.config)
         kwargs[key] = loader(args.__dict__[key], extra, cls=_loader(verb.config_class)) if verb.config_class else loader(args.__dict__[key], extra)
-    interrupted = _loader("textlora.training:TrainingInterrupted") if name in ("train", "pipeline") else ()
+    interrupted = _loader("textlora.checkpoints:Interrupted") if name in ("train", "pipeline", "adapt") else ()
     try:
         result = fn(**kwargs)
     except interrupted as e:
-        hint = "; run the same command again to continue" if name == "pipeline" else ""
+        hint = "; run the same command again to continue" if name == "pipeline" else ""  # adapt says so itself
         print(f"textlora {name}: {e}{hint}", file=sys.stderr)
         return 128 + e.signum
     show = verb.show

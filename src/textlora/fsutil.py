@@ -169,6 +169,11 @@ def fingerprint(settings: dict, inputs: list, paths: tuple[str, ...] = ()) -> st
     return hashlib.sha256(json.dumps({"settings": kept, "inputs": digests}, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def lock_path(out: Path) -> Path:
+    """The lock file of an output folder (a run, an adapted LM): beside it, so that taking it creates nothing inside."""
+    return out.parent / f".{out.name}.lock"
+
+
 def hold_lock(path: str | os.PathLike, what: str):
     """Take an exclusive lock on ``path`` for as long as the returned file stays open.
 

@@ -23,11 +23,11 @@ from typing import Literal
 
 import numpy as np
 
-from textlora.checkpoints import config_differences, load_trainable, pick_checkpoint, save_checkpoint, set_rng_state
+from textlora.checkpoints import Interrupted, Signals, config_differences, load_trainable, pick_checkpoint, save_checkpoint, set_rng_state
 from textlora.config import Config
 from textlora.errors import UserError
 from textlora.faults import fault
-from textlora.fsutil import hold_lock
+from textlora.fsutil import hold_lock, lock_path
 from textlora.metrics import metrics_from_logits
 from textlora.resolve import resolve
 from textlora.run import clear_run, is_run_dir, write_run
@@ -59,38 +59,11 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -
 # --- interruption ------------------------------------------------------------------------
 
 
-class TrainingInterrupted(Exception):
+class TrainingInterrupted(Interrupted):
     """SIGINT/SIGTERM arrived; a resumable checkpoint was saved. ``signum`` gives the exit code."""
 
     def __init__(self, signum: int, step: int, checkpoint: Path):
-        super().__init__(f"interrupted by signal {signum} at step {step}; saved {checkpoint}; continue with --resume last")
-        self.signum = signum
-
-
-class _Signals:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each optimizer step."""
-
-    def __init__(self):
-        self.received = 0
-
-    def __enter__(self):
-        import signal
-        import threading
-
-        self._old = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.received = signum
-
-    def __exit__(self, *exc):
-        import signal
-
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
+        super().__init__(signum, f"interrupted by signal {signum} at step {step}; saved {checkpoint}; continue with --resume last")
 
 
 # --- the recipe --------------------------------------------------------------------------
@@ -149,11 +122,6 @@ def _evaluate(model, val_encoded, val_labels, pad_id, cfg, precision, device, la
     m = metrics_from_logits(val_labels, logits, label_names)
     keep = ("accuracy", "micro_f1", "macro_f1", "n", "per_class", "confusion_matrix")
     return {"loss": loss, **{k: m[k] for k in keep if k in m}}
-
-
-def lock_path(out: Path) -> Path:
-    """The lock file of a run directory: beside it, so that taking it creates nothing inside."""
-    return out.parent / f".{out.name}.lock"
 
 
 def _check_output_dir(out: Path, resume: str, overwrite: bool) -> None:
@@ -349,7 +317,7 @@ def _fit(s: Session) -> None:
     progress = _progress(s.total_steps, fit.global_step, s.dist.main)
     stop = fit.global_step >= s.total_steps
     try:
-        with _Signals() as signals:
+        with Signals() as signals:
             t0 = window_t = time.perf_counter()
             while not stop:
                 epoch, step_in_epoch = divmod(fit.global_step, s.steps_per_epoch)

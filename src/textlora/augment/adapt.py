@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 
 from textlora.config import _check
 from textlora.errors import UserError
+from textlora.fsutil import lock_path
 
 WARMUP_RATIO = 0.05  # linear warmup over the first 5% of steps, then linear decay to 0
 AUTO_MAX_LENGTH = 256  # `max_length: auto` never takes more tokens a text than this
@@ -41,6 +43,7 @@ class AdaptConfig:
     heldout: int = 200  # texts kept out of training to measure perplexity before and after
     seed: int = 42
     precision: str = "auto"  # auto | bf16 | fp32
+    save_steps: int = 50  # a resumable checkpoint every this many steps: the same command after a kill continues there
 
     def __post_init__(self) -> None:
         _check(self.texts is not None, "texts", "a file of unlabelled target texts", self.texts)
@@ -54,39 +57,51 @@ class AdaptConfig:
         _check(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
         _check(self.heldout >= 1, "heldout", "an integer >= 1", self.heldout)
         _check(self.precision in ("auto", "bf16", "fp32"), "precision", "auto, bf16 or fp32", self.precision)
+        _check(self.save_steps >= 1, "save_steps", "an integer >= 1", self.save_steps)
 
 
-def _lm_batches(tokenizer, texts: list[str], max_length: int, batch_size: int, rng=None):
-    """(input_ids, attention_mask, labels) batches, each text followed by EOS, sorted/grouped by length."""
-
-    from textlora.runtime import pad_batch, sorted_batches
-
+def _encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids of each text followed by EOS, at most ``max_length`` in all."""
     enc = tokenizer(texts, truncation=True, max_length=max_length - 1)["input_ids"]
-    enc = [e + [tokenizer.eos_token_id] for e in enc]
-    batches = sorted_batches([len(e) for e in enc], batch_size)
-    if rng is not None:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-    for idx in batches:
-        ids, mask = pad_batch([enc[i] for i in idx], tokenizer.pad_token_id)
-        labels = ids.masked_fill(mask == 0, -100)
-        yield ids, mask, labels, int(mask.sum()) - len(idx)  # tokens predicted (the first token is not)
+    return [e + [tokenizer.eos_token_id] for e in enc]
+
+
+def _lm_batch(enc: list[list[int]], idx, pad_id: int):
+    """(input_ids, attention_mask, labels, tokens predicted) of the texts ``idx``, padded on the right."""
+    from textlora.runtime import pad_batch
+
+    ids, mask = pad_batch([enc[i] for i in idx], pad_id)
+    labels = ids.masked_fill(mask == 0, -100)
+    return ids, mask, labels, int(mask.sum()) - len(idx)  # the first token of a text is not predicted
+
+
+def _step_plan(enc: list[list[int]], batch_size: int, total: int, rng) -> list:
+    """The texts of every step, drawn before training starts (a resumed run takes the same ones):
+    each epoch, batches of similar length in a random order."""
+    from textlora.runtime import sorted_batches
+
+    plan = []
+    while len(plan) < total:
+        batches = sorted_batches([len(e) for e in enc], batch_size)
+        plan += [batches[i] for i in rng.permutation(len(batches))]
+    return plan[:total]
 
 
 def perplexity(model, tokenizer, texts: list[str], max_length: int, precision: str, batch_size: int = 16, device=None) -> float:
     """exp(mean token negative log-likelihood) over ``texts``."""
     import torch
 
-    from textlora.runtime import autocast
+    from textlora.runtime import autocast, sorted_batches
 
     model.eval()
     total, count = 0.0, 0
-    tokenizer.padding_side = "right"
     device = device or torch.device("cpu")
+    enc = _encode(tokenizer, texts, max_length)
     with torch.inference_mode(), autocast(precision, device):
-        for ids, mask, labels, n in _lm_batches(tokenizer, texts, max_length, batch_size):
+        for idx in sorted_batches([len(e) for e in enc], batch_size):
+            ids, mask, labels, n = _lm_batch(enc, idx, tokenizer.pad_token_id)
             loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss.float().item()
             total, count = total + loss * n, count + n
-    tokenizer.padding_side = "left"
     return math.exp(total / max(count, 1))
 
 
@@ -110,8 +125,9 @@ def adapt_key(config: AdaptConfig) -> str:
     from textlora.augment.lm import resolve_causal_lm
     from textlora.fsutil import fingerprint
 
+    settings = {k: v for k, v in asdict(config).items() if k != "save_steps"}  # how often it saves does not change the result
     return fingerprint(
-        asdict(config),
+        settings,
         [config.texts, resolve_causal_lm(config.model), *sorted(config.exclude), config.labelled],
         paths=("output_dir", "texts", "exclude", "model", "labelled"),
     )
@@ -133,19 +149,19 @@ def adapt(config: AdaptConfig, overwrite: bool = False, reuse: bool = False) -> 
     With ``reuse``, an output_dir adapted from the same settings and the same input files is kept
     as it is (a changed setting or input redoes it).
 
+    Crash-safe as ``train`` is: the output folder is locked while it is written; every ``save_steps``
+    steps a checkpoint (trainable weights, optimizer, schedule, RNG, step) goes to
+    ``OUTPUT_DIR.partial``, and the same command after a kill continues from it; SIGINT/SIGTERM save
+    one and stop. The loop itself is not ``train()``'s, whose Session is a classifier's (labels,
+    dev evaluation, early stopping, DDP); it shares that loop's pieces: the LR schedule
+    (``runtime.make_scheduler``), the checkpoint files (``checkpoints``), the lock and the signals.
+
     Args:
         config: the adaptation settings (``AdaptConfig``: texts, output_dir, base model, steps).
         overwrite: replace an existing output_dir.
         reuse: keep an existing output_dir made from the same settings and inputs; redo it otherwise.
     """
-    from dataclasses import replace
-
-    import torch
-
-    from textlora.augment.lm import load_causal_lm
-    from textlora.data import read_texts, same_text, texts_in
-    from textlora.fsutil import atomic_dir, check_output
-    from textlora.runtime import autocast, default_device, make_scheduler, resolve_precision
+    from textlora.fsutil import check_output, hold_lock
 
     out = Path(config.output_dir)
     key = adapt_key(config)
@@ -153,25 +169,76 @@ def adapt(config: AdaptConfig, overwrite: bool = False, reuse: bool = False) -> 
         print(f"reusing {out}: adapted from the same settings and inputs", flush=True)
         return out
     check_output(out, flag="output_dir", overwrite=overwrite or reuse, folder=True, inputs=[config.texts])
+    lock = hold_lock(lock_path(out), what=f"output_dir {out}")
+    try:
+        rng = np.random.default_rng(config.seed)
+        held, train_texts, excluded = _split_texts(config, rng)
+        model, tok, config, precision, device = _load_lm(config, train_texts)
+        n_target = len(train_texts)
+        if config.labelled:
+            train_texts += _labelled_texts(config, n_target, rng)
+        before = perplexity(model, tok, held, config.max_length, precision, device=device)
+        model = _with_lora(model, config)
+        work = out.parent / f"{out.name}.partial"
+        steps, losses, seconds = _fit_lm(model, tok, train_texts, config, precision, device, rng, work, key)
+        if config.method == "lora":
+            model = model.merge_and_unload()
+        after = perplexity(model, tok, held, config.max_length, precision, device=device)
+        metrics = {
+            "model": config.model,
+            "method": config.method,
+            "train_texts": len(train_texts),
+            "target_texts": n_target,
+            "labelled_rows": len(train_texts) - n_target,
+            "max_length": config.max_length,
+            "heldout_texts": len(held),
+            "steps": steps,
+            "perplexity_before": before,
+            "perplexity_after": after,
+            "train_seconds": seconds,
+            "final_loss": float(np.mean(losses[-20:])),
+            "losses": losses,
+            "excluded_texts": excluded,
+            "fingerprint": key,
+        }
+        _write_lm(out, model, tok, metrics)
+        shutil.rmtree(work, ignore_errors=True)
+    finally:
+        lock.close()
+    print(f"perplexity on {len(held)} held-out target texts: {before:.2f} before, {after:.2f} after ({seconds:.0f} s of training)")
+    return out
+
+
+def _split_texts(config: AdaptConfig, rng) -> tuple[list[str], list[str], int]:
+    """(held-out texts, training texts, texts excluded because an eval set holds them)."""
+    from textlora.data import read_texts, same_text, texts_in
+
     frame = read_texts(config.texts, config.text_column, None, require_labels=False)
     banned = texts_in(config.exclude, config.text_column)
     texts = [t for t in frame.texts if same_text(t) not in banned]
-    rng = np.random.default_rng(config.seed)
     order = rng.permutation(len(texts))
     if len(order) < config.heldout + 1:
         raise UserError(f"{config.texts}: {len(order)} texts; need more than heldout={config.heldout}")
     held = [texts[i] for i in order[: config.heldout]]
-    train_idx = order[config.heldout :][: config.max_texts]
-    train_texts = [texts[i] for i in train_idx]
+    train = [texts[i] for i in order[config.heldout :][: config.max_texts]]
+    return held, train, len(frame.texts) - len(texts)
+
+
+def _load_lm(config: AdaptConfig, train_texts: list[str]):
+    """(model on its device, tokenizer, config with max_length resolved, precision, device)."""
+    from dataclasses import replace
+
+    import torch
+
+    from textlora.augment.lm import load_causal_lm
+    from textlora.runtime import default_device, resolve_precision
+
     torch.manual_seed(config.seed)
     model, tok = load_causal_lm(config.model)
     if config.max_length == "auto":
         from textlora.resolve import length_from_percentile
 
         config = replace(config, max_length=length_from_percentile(tok, train_texts, AUTO_MAX_LENGTH, 90))
-    n_target = len(train_texts)
-    if config.labelled:
-        train_texts += _labelled_texts(config, n_target, rng)
     device = default_device()
     precision = resolve_precision(config.precision, device)
     model.to(device)
@@ -181,67 +248,95 @@ def adapt(config: AdaptConfig, overwrite: bool = False, reuse: bool = False) -> 
         # Full fine-tuning keeps fp32 weights and autocast, since bf16 weights lose small updates.
         model.to(torch.bfloat16)
         precision = "fp32"  # autocast off: the weights are bf16 already
-    before = perplexity(model, tok, held, config.max_length, precision, device=device)
-    if config.method == "lora":
-        from peft import LoraConfig, get_peft_model
+    return model, tok, config, precision, device
 
-        try:
-            model = get_peft_model(
-                model, LoraConfig(task_type="CAUSAL_LM", r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=config.lora_targets, lora_dropout=0.0)
-            )
-        except ValueError as e:
-            raise UserError(f"config: lora_targets {config.lora_targets}: {str(e).splitlines()[0][:160]}") from None
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
-    steps_per_epoch = math.ceil(len(train_texts) / config.batch_size)
-    total = max(1, math.ceil(steps_per_epoch * config.epochs))
-    sched = make_scheduler(opt, "linear", WARMUP_RATIO, total)  # the classifier's schedule (textlora.runtime)
+
+def _with_lora(model, config: AdaptConfig):
+    if config.method != "lora":
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    try:
+        return get_peft_model(
+            model, LoraConfig(task_type="CAUSAL_LM", r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=config.lora_targets, lora_dropout=0.0)
+        )
+    except ValueError as e:
+        raise UserError(f"config: lora_targets {config.lora_targets}: {str(e).splitlines()[0][:160]}") from None
+
+
+def _resumable(work: Path, key: str):
+    """The newest undamaged checkpoint in ``work`` of this very adaptation (same key), else None;
+    checkpoints of another adaptation are removed."""
+    from textlora.checkpoints import checkpoint_damage, list_checkpoints
+
+    for ckpt in reversed(list_checkpoints(work)):
+        if checkpoint_damage(ckpt) is None and json.loads((ckpt / "state.json").read_text()).get("fingerprint") == key:
+            return ckpt
+    shutil.rmtree(work, ignore_errors=True)
+    return None
+
+
+def _fit_lm(model, tok, texts: list[str], config: AdaptConfig, precision: str, device, rng, work: Path, key: str) -> tuple[int, list[float], float]:
+    """The causal-LM loss over the planned steps, resumed from ``work`` when it holds this
+    adaptation's checkpoint; returns (steps, the loss of each step, seconds)."""
+    import torch
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc="adapt", unit="step", mininterval=5)
+    from textlora.checkpoints import Interrupted, Signals, load_trainable, save_checkpoint, set_rng_state
+    from textlora.faults import fault
+    from textlora.runtime import autocast, make_scheduler
+
+    enc = _encode(tok, texts, config.max_length)
+    total = max(1, math.ceil(math.ceil(len(texts) / config.batch_size) * config.epochs))
+    plan = _step_plan(enc, config.batch_size, total, rng)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    sched = make_scheduler(opt, "linear", WARMUP_RATIO, total)  # the classifier's schedule (textlora.runtime)
+    first, losses = 0, []
+    ckpt = _resumable(work, key)
+    if ckpt is not None:
+        load_trainable(model, ckpt)
+        saved = torch.load(ckpt / "optim.pt", weights_only=False)
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        set_rng_state(saved["rng"])
+        state = json.loads((ckpt / "state.json").read_text())
+        first, losses = state["global_step"], state["losses"]
+        print(f"resuming adapt at step {first} of {total} ({ckpt})", flush=True)
+    print(f"adapt: {total} steps of {config.batch_size} texts, {precision}", flush=True)
     model.train()
-    tok.padding_side = "right"
-    step, start, losses = 0, time.perf_counter(), []
-    while step < total:
-        for ids, mask, labels, _ in _lm_batches(tok, train_texts, config.max_length, config.batch_size, rng):
+    bar = tqdm(total=total, initial=first, desc="adapt", unit="step", mininterval=5)
+    start = time.perf_counter()
+    with Signals() as signals:
+        for step in range(first, total):
+            ids, mask, labels, _ = _lm_batch(enc, plan[step], tok.pad_token_id)
             with autocast(precision, device):
                 loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
             loss.float().backward()
+            fault("adapt_step")
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             losses.append(float(loss.item()))
-            step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-            if step >= total:
-                break
+            done = step + 1
+            if (done % config.save_steps == 0 and done < total) or signals.received:
+                saved = save_checkpoint(work, model, opt, sched, {"global_step": done, "fingerprint": key, "losses": losses}, keep=1)
+                if signals.received:
+                    bar.close()
+                    raise Interrupted(
+                        signals.received, f"interrupted by signal {signals.received} at step {done}; saved {saved}; run the same command again to continue"
+                    )
     bar.close()
-    seconds = time.perf_counter() - start
-    tok.padding_side = "left"
-    if config.method == "lora":
-        model = model.merge_and_unload()
-    after = perplexity(model, tok, held, config.max_length, precision, device=device)
-    metrics = {
-        "model": config.model,
-        "method": config.method,
-        "train_texts": len(train_texts),
-        "target_texts": n_target,
-        "labelled_rows": len(train_texts) - n_target,
-        "max_length": config.max_length,
-        "heldout_texts": len(held),
-        "steps": step,
-        "perplexity_before": before,
-        "perplexity_after": after,
-        "train_seconds": seconds,
-        "final_loss": float(np.mean(losses[-20:])),
-        "excluded_texts": len(frame.texts) - len(texts),
-        "fingerprint": key,
-    }
+    return total, losses, time.perf_counter() - start
+
+
+def _write_lm(out: Path, model, tok, metrics: dict) -> None:
+    from textlora.fsutil import atomic_dir
+
     with atomic_dir(out) as tmp:
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
         (tmp / "adapt_metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(f"perplexity on {len(held)} held-out target texts: {before:.2f} before, {after:.2f} after ({seconds:.0f} s of training)")
-    return out
