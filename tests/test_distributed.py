@@ -111,3 +111,24 @@ def test_flags_use_a_backend_that_takes_their_tensors_on_cuda(monkeypatch):
 
     assert "nccl" in seen["backend"]  # the gradients still go through nccl
     assert len(sent) == 2 and all(t.device.type in devices(seen["backend"]) for t in sent), (seen, [t.device for t in sent])
+
+
+def test_two_process_generate_equals_one_process(tmp_path, tiny_gpt2):
+    """generate under torchrun: each process takes every other batch, process 0 writes one file in
+    row order, and it holds exactly the rows one process writes (batch k seeds its own sampling)."""
+    import yaml
+
+    prompts = tmp_path / "prompts.yaml"
+    prompts.write_text(yaml.safe_dump({"classes": {"sports": ["the team", "a goal"], "business": ["the market"], "science": ["nasa space"]}}))
+    args = ["generate", "--model", str(tiny_gpt2), "--prompts", str(prompts), "--rows_per_class", "7", "--batch_size", "4", "--precision", "fp32"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "textlora", *args, "--output", str(tmp_path / "one.csv")], capture_output=True, text=True, env=env, timeout=240)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = _torchrun(*args, "--output", str(tmp_path / "two.csv"))
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = pd.read_csv(tmp_path / "one.csv", keep_default_na=False), pd.read_csv(tmp_path / "two.csv", keep_default_na=False)
+    assert len(a) > 0 and a["batch"].nunique() > 2
+    pd.testing.assert_frame_equal(a, b)
+    assert json.loads((tmp_path / "two.generate.json").read_text())["processes"] == 2
+    assert not list(tmp_path.glob("two.csv.partial*"))  # every process's partial file was merged and removed
+    assert two.stdout.count("wrote ") == 2 and "process 0 of 2" in two.stdout  # process 0 reports (two lines), the other stays quiet

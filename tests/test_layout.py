@@ -108,3 +108,13 @@ def test_declared_python_is_what_the_suite_runs_on():
     spec = SpecifierSet(tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text())["project"]["requires-python"])
     assert spec.contains(f"{sys.version_info.major}.{sys.version_info.minor}")
     assert not spec.contains("3.10"), f"requires-python {spec} admits 3.10, which the suite never runs on"
+
+
+def test_no_function_is_longer_than_80_lines():
+    """Long verbs are split into named steps (as train() is), so each reads on one screen."""
+    long = []
+    for f in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
+                long.append(f"{f.relative_to(SRC)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long

@@ -54,7 +54,8 @@ def _show_predict(result) -> None:
 
 
 def _show_wrote(out) -> None:
-    print(f"wrote {out}")
+    if _is_rank0():
+        print(f"wrote {out}")
 
 
 @dataclass

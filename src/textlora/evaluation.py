@@ -53,6 +53,17 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def read_labelled(run, path: str, text_column: str | None = None, label_column: str | None = None, pair_column: str | None = None):
+    """(rows, truths) of a labelled file as the run reads one: its columns unless others are named,
+    and the labels encoded as the run's classes. evaluate and report both read through here."""
+    from textlora.data import encode_labels, read_options, read_texts
+
+    data = run.config.data
+    opts = {**read_options(data), "pair_column": pair_column or data.text_pair_column}
+    frame = read_texts(path, text_column or data.text_column, label_column or data.label_column, **opts)
+    return frame, encode_labels(frame, run.labels)
+
+
 def evaluate(
     model: str,
     data: str | list[str],
@@ -80,7 +91,6 @@ def evaluate(
     Returns:
         The metrics for a single file; for several, ``{file: metrics}``.
     """
-    from textlora.data import encode_labels, read_options, read_texts
     from textlora.fsutil import atomic_path, check_output
     from textlora.prediction import load
     from textlora.run import as_run
@@ -96,13 +106,10 @@ def evaluate(
         clash = lambda out: next((n for n in names if (out / n).exists()), None)  # noqa: E731
         out = check_output(output_dir, flag="--output-dir", overwrite=overwrite, folder=True, taken=clash)
     run = as_run(model)  # check every input before loading any weights
-    config, label_names = run.config, run.labels
-    opts = {**read_options(config.data), "pair_column": pair_column or config.data.text_pair_column}
-    frames = [read_texts(f, text_column or config.data.text_column, label_column or config.data.label_column, **opts) for f in files]
-    truths = [encode_labels(frame, label_names) for frame in frames]
+    labelled = [read_labelled(run, f, text_column, label_column, pair_column) for f in files]
     clf = load(run, batch_size=batch_size)
     results = {}
-    for f, frame, y_true in zip(files, frames, truths):
+    for f, (frame, y_true) in zip(files, labelled):
         logits = clf.logits(frame.texts, progress=len(frame.texts) > 2000)
         results[f] = {**metrics_from_logits(y_true, logits, clf.label_names), "data": str(f)}
     if output_dir is not None:

@@ -72,9 +72,15 @@ def compute_multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_nam
     }
 
 
+def predicted(logits: np.ndarray, multi_label: bool) -> np.ndarray:
+    """The decisions of a model's logits: the argmax class of each row, or for a multi-label run a
+    (rows, classes) boolean matrix of the classes whose sigmoid reaches THRESHOLD."""
+    return sigmoid(logits) >= THRESHOLD if multi_label else logits.argmax(axis=1)
+
+
 def metrics_from_logits(y_true: np.ndarray, logits: np.ndarray, label_names: list[str]) -> dict:
-    """Metrics of a model's logits: argmax for single-label truths (a vector of class indices),
-    sigmoid >= THRESHOLD for multi-label ones (a 0/1 matrix)."""
-    if np.asarray(y_true).ndim == 2:
-        return compute_multilabel_metrics(y_true, sigmoid(logits) >= THRESHOLD, label_names)
-    return compute_metrics(y_true, logits.argmax(axis=1), label_names)
+    """Metrics of a model's logits for single-label truths (a vector of class indices) or
+    multi-label ones (a 0/1 matrix), from the decisions :func:`predicted` makes."""
+    multi = np.asarray(y_true).ndim == 2
+    pred = predicted(logits, multi)
+    return compute_multilabel_metrics(y_true, pred, label_names) if multi else compute_metrics(y_true, pred, label_names)

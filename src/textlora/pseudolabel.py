@@ -103,9 +103,8 @@ def pseudolabel(
         chunk_rows: rows read at a time: the texts are read twice (probabilities, then the chosen
             rows), so that memory stays flat at any input size.
     """
-    from textlora.data import read_text_chunks, same_text, texts_in
+    from textlora.data import texts_in
     from textlora.fsutil import atomic_path, check_output
-    from textlora.prediction import load
     from textlora.run import as_run
 
     if not 0 <= min_confidence <= 1:
@@ -122,10 +121,32 @@ def pseudolabel(
     if chunk_rows < 1:
         raise UserError(f"--chunk-rows: expected an integer >= 1, found {chunk_rows}")
     banned = texts_in(exclude or [], text_column)
+    probs, n_texts = _probabilities(run, data, text_column, chunk_rows, banned, batch_size)
+    chosen = select(probs, min_confidence, max_per_class, balance)
+    names = run.labels
+    pred, conf = probs.argmax(axis=1), probs.max(axis=1)
+    with atomic_path(out) as tmp:
+        _write_chosen(tmp, data, text_column, chunk_rows, banned, chosen, names, pred, conf, {"teacher": str(model), "source": str(data)})
+    settings = {"teacher": str(model), "data": str(data), "min_confidence": min_confidence, "max_per_class": max_per_class, "balance": balance}
+    report = _report(settings, n_texts, names, pred, conf, chosen)
+    with atomic_path(out.with_suffix(".report.json")) as tmp:  # beside the rows, named as filter names its report
+        tmp.write_text(json.dumps(report, indent=2))
+    for n in report["classes_with_no_rows"]:
+        print(f"warning: class '{n}' got no pseudo-labels at min_confidence {min_confidence}", flush=True)
+    per_class = ", ".join(f"{n} {c:,}" for n, c in report["per_class"].items())
+    print(f"{len(chosen):,} of {len(probs):,} texts kept ({per_class})", flush=True)
+    return out
+
+
+def _probabilities(run, data: str, text_column: str, chunk_rows: int, banned: set, batch_size: int) -> tuple[np.ndarray, int]:
+    """Pass 1, chunk by chunk: (the class probabilities of every text not excluded, texts read).
+    N x K floats stay small at any N; the file's own problems show before any weights load."""
+    from textlora.data import read_text_chunks, same_text
+    from textlora.prediction import load
+
     chunks = read_text_chunks(data, text_column, chunk_rows=chunk_rows)
-    first = next(chunks)  # the file's problems before any weights load
+    first = next(chunks)
     clf = load(run, batch_size=batch_size)
-    # pass 1, chunk by chunk: the probabilities of every text not excluded (N x K floats: small at any N)
     probs, n_texts = [], 0
     for frame in itertools.chain([first], chunks):
         texts = [t for t in frame.texts if same_text(t) not in banned]
@@ -134,33 +155,21 @@ def pseudolabel(
             probs.append(clf.predict_proba(texts, progress=len(texts) > 2000))
     if not probs:
         raise UserError(f"{data}: every text is in an --exclude file; nothing to label")
-    probs = np.concatenate(probs)
-    chosen = select(probs, min_confidence, max_per_class, balance)
-    names = clf.label_names
-    pred, conf = probs.argmax(axis=1), probs.max(axis=1)
-    with atomic_path(out) as tmp:
-        _write_chosen(tmp, data, text_column, chunk_rows, banned, chosen, names, pred, conf, {"teacher": str(model), "source": str(data)})
-    n_kept = len(probs)
-    df_rows = len(chosen)
+    return np.concatenate(probs), n_texts
+
+
+def _report(settings: dict, n_texts: int, names: list[str], pred: np.ndarray, conf: np.ndarray, chosen: np.ndarray) -> dict:
+    """OUTPUT.report.json: rows per class, the confidence spread, classes left with no rows."""
     per_class = {n: int((pred[chosen] == k).sum()) for k, n in enumerate(names)}
-    report = {
-        "teacher": str(model),
-        "data": str(data),
+    return {
+        **{k: settings[k] for k in ("teacher", "data")},
         "texts": n_texts,
-        "excluded": n_texts - n_kept,
-        "min_confidence": min_confidence,
-        "max_per_class": max_per_class,
-        "balance": balance,
-        "rows_written": df_rows,
+        "excluded": n_texts - len(pred),
+        **{k: settings[k] for k in ("min_confidence", "max_per_class", "balance")},
+        "rows_written": len(chosen),
         "per_class": per_class,
         "predicted_per_class": {n: int((pred == k).sum()) for k, n in enumerate(names)},
         "confidence_all": _spread(conf),
         "confidence_kept": {n: _spread(conf[chosen][pred[chosen] == k]) for k, n in enumerate(names)},
         "classes_with_no_rows": [n for n, c in per_class.items() if c == 0],
     }
-    with atomic_path(out.with_suffix(".report.json")) as tmp:  # beside the rows, named as filter names its report
-        tmp.write_text(json.dumps(report, indent=2))
-    for n in report["classes_with_no_rows"]:
-        print(f"warning: class '{n}' got no pseudo-labels at min_confidence {min_confidence}", flush=True)
-    print(f"{df_rows:,} of {n_kept:,} texts kept ({', '.join(f'{n} {c:,}' for n, c in per_class.items())})", flush=True)
-    return out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 
 def _shown(text) -> str:
     """A text as the report shows it; a sentence pair as ``text || pair``."""
@@ -87,60 +89,76 @@ def build_report(model: str, data: str | None = None, output: str | None = None,
         top_mistakes: how many of the most confident mistakes to list.
         overwrite: replace an existing report.
     """
-    from html import escape
-
-    import numpy as np
-    import yaml
-
-    from textlora.data import encode_labels, read_options, read_texts
+    from textlora.evaluation import read_labelled
     from textlora.fsutil import atomic_path, check_output
-    from textlora.metrics import compute_metrics, compute_multilabel_metrics
+    from textlora.metrics import metrics_from_logits, predicted
     from textlora.prediction import load
     from textlora.run import as_run
-    from textlora.runtime import THRESHOLD
+    from textlora.runtime import probabilities
 
     opened = as_run(model)
-    run, config, names, metrics = opened.path, opened.config, opened.labels, opened.metrics
-    data = data or str(run / "dev.csv")
-    out = check_output(output or run / "report.html", inputs=[data], overwrite=overwrite, flag="--output")
-    frame = read_texts(data, config.data.text_column, config.data.label_column, **read_options(config.data))
-    y = encode_labels(frame, names)
-    probs = load(opened).predict_proba(frame.texts)
-    multi = config.data.multi_label
-    if multi:  # sets of labels: a row is wrong when its predicted set differs; its confidence is the surest wrong decision
-        pred = probs >= THRESHOLD
-        m = compute_multilabel_metrics(y, pred, names)
-        wrong = [i for i in range(len(y)) if (pred[i] != (y[i] > 0.5)).any()]
-        confidence = {i: float(np.maximum(probs[i], 1 - probs[i])[pred[i] != (y[i] > 0.5)].max()) for i in wrong}
+    data = data or str(opened.path / "dev.csv")
+    out = check_output(output or opened.path / "report.html", inputs=[data], overwrite=overwrite, flag="--output")
+    frame, y = read_labelled(opened, data)  # evaluate's reading, metrics and decisions
+    logits = load(opened).logits(frame.texts)
+    m = metrics_from_logits(y, logits, opened.labels)
+    multi = opened.config.data.multi_label
+    mistakes = _mistakes(frame, y, probabilities(logits, opened.config), predicted(logits, multi), opened.labels, multi)
+    parts = [
+        *_head(opened, data, len(y), m, multi),
+        *_training_sections(opened),
+        *_quality_sections(m, multi, mistakes, top_mistakes),
+        *_data_sections(opened),
+        "</body></html>",
+    ]
+    with atomic_path(out) as tmp:
+        tmp.write_text("\n".join(parts), encoding="utf-8")
+    return str(out)
 
-        def shown_labels(row):
+
+def _mistakes(frame, y, probs, pred, names: list[str], multi: bool) -> list[tuple]:
+    """(row, true, predicted, confidence, text) of every wrong row, the most confident first. A
+    multi-label row is wrong when its predicted set differs; its confidence is its surest wrong decision."""
+    if multi:
+        truth = y > 0.5
+
+        def shown(row):
             return ", ".join(names[j] for j in np.flatnonzero(row)) or "(none)"
 
-        true_of, pred_of = (lambda i: shown_labels(y[i])), (lambda i: shown_labels(pred[i]))
+        wrong = [i for i in range(len(y)) if (pred[i] != truth[i]).any()]
+        rows = [(i, shown(truth[i]), shown(pred[i]), float(np.maximum(probs[i], 1 - probs[i])[pred[i] != truth[i]].max())) for i in wrong]
     else:
-        pred = probs.argmax(axis=1)
-        m = compute_metrics(y, pred, names)
-        wrong = [i for i in range(len(y)) if pred[i] != y[i]]
-        confidence = {i: float(probs[i, pred[i]]) for i in wrong}
-        true_of, pred_of = (lambda i: names[y[i]]), (lambda i: names[pred[i]])
-    wrong.sort(key=lambda i: -confidence[i])
-    bd = metrics.get("trainable_params", {})
-    d = metrics.get("data", {})
-    best = metrics.get("best") or {}
-    log = metrics.get("train_log", [])
-    rate = sorted(e["rows_per_s"] for e in log)[len(log) // 2] if log else None
-    parts = [
-        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>textlora report: {escape(run.name)}</title><style>{REPORT_CSS}</style></head><body>",
-        f"<h1>textlora report: {escape(run.name)}</h1>",
-        f"<p>{escape(config.model.name)} + LoRA, evaluated on <code>{escape(data)}</code> ({len(y):,} rows).</p>",
-        "<div class='kpi'>"
-        + (
-            f"<div>subset accuracy<b>{m['accuracy']:.4f}</b></div><div>micro-F1<b>{m['micro_f1']:.4f}</b></div>"
-            if multi
-            else f"<div>accuracy<b>{m['accuracy']:.4f}</b></div>"
-        )
-        + f"<div>macro-F1<b>{m['macro_f1']:.4f}</b></div>"
-        + f"<div>trainable params<b>{bd.get('total', 0):,}</b></div><div>training time<b>{metrics.get('train_seconds', 0):.0f} s</b></div></div>",
+        rows = [(i, names[y[i]], names[pred[i]], float(probs[i, pred[i]])) for i in range(len(y)) if pred[i] != y[i]]
+    rows.sort(key=lambda r: -r[3])
+    return [(frame.rows[i], t, p, c, _shown(frame.texts[i])[:400]) for i, t, p, c in rows]
+
+
+def _head(run, data: str, n: int, m: dict, multi: bool) -> list[str]:
+    from html import escape
+
+    bd = run.metrics.get("trainable_params", {})
+    kpis = (
+        f"<div>subset accuracy<b>{m['accuracy']:.4f}</b></div><div>micro-F1<b>{m['micro_f1']:.4f}</b></div>"
+        if multi
+        else f"<div>accuracy<b>{m['accuracy']:.4f}</b></div>"
+    )
+    return [
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>textlora report: {escape(run.path.name)}</title><style>{REPORT_CSS}</style></head><body>",
+        f"<h1>textlora report: {escape(run.path.name)}</h1>",
+        f"<p>{escape(run.config.model.name)} + LoRA, evaluated on <code>{escape(data)}</code> ({n:,} rows).</p>",
+        f"<div class='kpi'>{kpis}<div>macro-F1<b>{m['macro_f1']:.4f}</b></div>"
+        f"<div>trainable params<b>{bd.get('total', 0):,}</b></div><div>training time<b>{run.metrics.get('train_seconds', 0):.0f} s</b></div></div>",
+    ]
+
+
+def _training_sections(run) -> list[str]:
+    from html import escape
+
+    import yaml
+
+    metrics, config = run.metrics, run.config
+    bd, best = metrics.get("trainable_params", {}), metrics.get("best") or {}
+    return [
         "<h2 id='config'>Configuration and parameters</h2>",
         _table(["part", "parameters"], [[k, f"{v:,}"] for k, v in bd.items()] + [["budget", f"{config.budget.max_trainable_params:,}"]]),
         f"<details><summary>resolved config.yaml</summary><pre>{escape(yaml.safe_dump(config.to_dict(), sort_keys=False))}</pre></details>",
@@ -148,6 +166,13 @@ def build_report(model: str, data: str | None = None, output: str | None = None,
         f"<img alt='learning curves' src='{_curves(metrics)}'>",
         f"<p>Best checkpoint: step {best.get('step')} by {escape(str(metrics.get('metric_for_best')))}.</p>",
         _eval_sets_section(config, metrics),
+    ]
+
+
+def _quality_sections(m: dict, multi: bool, mistakes: list[tuple], top_mistakes: int) -> list[str]:
+    from textlora.runtime import THRESHOLD
+
+    return [
         "<h2 id='confusion'>Confusion matrix</h2>",
         f"<p>Multi-label run: a class is predicted when its sigmoid probability reaches {THRESHOLD}; see the per-class scores.</p>"
         if multi
@@ -157,16 +182,21 @@ def build_report(model: str, data: str | None = None, output: str | None = None,
             ["class", "precision", "recall", "F1", "support"],
             [[n, f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", c["support"]] for n, c in m["per_class"].items()],
         ),
-        f"<h2 id='mistakes'>Most confident mistakes ({min(top_mistakes, len(wrong))} of {len(wrong)})</h2>",
-        _table(
-            ["row", "true", "predicted", "confidence", "text"],
-            [[frame.rows[i], true_of(i), pred_of(i), f"{confidence[i]:.3f}", _shown(frame.texts[i])[:400]] for i in wrong[:top_mistakes]],
-        ),
+        f"<h2 id='mistakes'>Most confident mistakes ({min(top_mistakes, len(mistakes))} of {len(mistakes)})</h2>",
+        _table(["row", "true", "predicted", "confidence", "text"], [[r, t, p, f"{c:.3f}", text] for r, t, p, c, text in mistakes[:top_mistakes]]),
+    ]
+
+
+def _data_sections(run) -> list[str]:
+    metrics, config = run.metrics, run.config
+    log = metrics.get("train_log", [])
+    rate = sorted(e["rows_per_s"] for e in log)[len(log) // 2] if log else None
+    return [
         "<h2 id='data'>Data, including synthetic rows</h2>",
         _table(
             ["what", "value"],
             [["training file", config.data.train], ["extra training files", ", ".join(config.data.extra_train) or "none"]]
-            + [[k, f"{v:,}"] for k, v in d.items()],
+            + [[k, f"{v:,}"] for k, v in metrics.get("data", {}).items()],
         ),
         _synthetic_section(config),
         "<h2 id='timings'>Timings</h2>",
@@ -179,11 +209,7 @@ def build_report(model: str, data: str | None = None, output: str | None = None,
                 ["precision", metrics.get("precision")],
             ],
         ),
-        "</body></html>",
     ]
-    with atomic_path(out) as tmp:
-        tmp.write_text("\n".join(parts), encoding="utf-8")
-    return str(out)
 
 
 def _eval_sets_section(config, metrics: dict) -> str:

@@ -134,6 +134,59 @@ def default_max_body(max_batch: int, max_chars: int) -> int:
     return 2 * max_batch * max_chars * 4 + 65_536
 
 
+def _model_info(opened, clf, max_batch: int, max_chars: int, max_body_bytes: int | None) -> dict:
+    """GET /v1/model: classes, base model, LoRA settings, parameters, dev metrics, limits, examples."""
+    metrics = opened.metrics
+    return {
+        "label_names": clf.label_names,
+        "base_model": clf.config.model.name,
+        "max_length": clf.config.model.max_length,
+        "lora": {"r": clf.config.lora.r, "alpha": clf.config.lora.alpha, "target_modules": clf.config.lora.target_modules, "bias": clf.config.lora.bias},
+        "trainable_params": metrics.get("trainable_params"),
+        "metrics": {k: (metrics.get("best") or {}).get(k) for k in ("accuracy", "macro_f1", "loss", "step")},
+        "limits": {"max_batch": max_batch, "max_chars": max_chars, "max_body_bytes": max_body_bytes or default_max_body(max_batch, max_chars)},
+        "examples": _examples(opened.path, clf.config, clf.label_names),
+    }
+
+
+def _request_texts(req: ClassifyRequest, clf, max_batch: int, max_chars: int) -> list:
+    """The texts (or text pairs) of a request, cut to max_chars; 413 or 422 for a request outside the limits."""
+    from fastapi import HTTPException
+
+    if len(req.texts) > max_batch:
+        raise HTTPException(413, f"{len(req.texts)} texts in one request; the limit is {max_batch}")
+    empty = [i for i, t in enumerate(req.texts) if not t.strip()]
+    if empty:
+        raise HTTPException(422, f"texts[{empty[0]}] is empty")
+    texts = [t[:max_chars] for t in req.texts]
+    if bool(clf.config.data.text_pair_column) != (req.pairs is not None):
+        raise HTTPException(
+            422, "this model classifies sentence pairs: send 'pairs' beside 'texts'" if req.pairs is None else "'pairs' is only for sentence-pair models"
+        )
+    if req.pairs is None:
+        return texts
+    if len(req.pairs) != len(req.texts):
+        raise HTTPException(422, f"{len(req.pairs)} pairs for {len(req.texts)} texts")
+    empty = [i for i, t in enumerate(req.pairs) if not t.strip()]
+    if empty:
+        raise HTTPException(422, f"pairs[{empty[0]}] is empty")
+    return [(t, p[:max_chars]) for t, p in zip(texts, req.pairs)]
+
+
+def _predictions(probs, clf) -> list[dict]:
+    """One Prediction a row: the top class, every class's probability, and for multi-label runs the chosen set."""
+    from textlora.runtime import chosen
+
+    out = []
+    for p, chosen_k in zip(probs, chosen(probs, clf.config)):
+        k = int(p.argmax())
+        row = {"label": k, "label_name": clf.label_names[k], "probabilities": {n: float(v) for n, v in zip(clf.label_names, p)}}
+        if clf.config.data.multi_label:
+            row |= {"labels": chosen_k, "label_names": [clf.label_names[j] for j in chosen_k]}
+        out.append(row)
+    return out
+
+
 def _examples(run: Path, config, label_names: list[str], per_class: int = 1) -> list[str]:
     """A few texts from the run's dev split (one a class) for the page's example buttons."""
     import pandas as pd
@@ -164,26 +217,15 @@ def create_app(
     """
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI, HTTPException
+    from fastapi import FastAPI
     from fastapi.responses import HTMLResponse
 
     from textlora.prediction import load
     from textlora.run import as_run
-    from textlora.runtime import chosen
 
     opened = as_run(model)  # a path, or the run serve() has opened already
     clf = load(opened)
-    run, metrics = opened.path, opened.metrics
-    info = {
-        "label_names": clf.label_names,
-        "base_model": clf.config.model.name,
-        "max_length": clf.config.model.max_length,
-        "lora": {"r": clf.config.lora.r, "alpha": clf.config.lora.alpha, "target_modules": clf.config.lora.target_modules, "bias": clf.config.lora.bias},
-        "trainable_params": metrics.get("trainable_params"),
-        "metrics": {k: (metrics.get("best") or {}).get(k) for k in ("accuracy", "macro_f1", "loss", "step")},
-        "limits": {"max_batch": max_batch, "max_chars": max_chars, "max_body_bytes": max_body_bytes or default_max_body(max_batch, max_chars)},
-        "examples": _examples(run, clf.config, clf.label_names),
-    }
+    info = _model_info(opened, clf, max_batch, max_chars, max_body_bytes)
     batcher = Batcher(clf.predict_proba, max_batch, max_wait_ms)
 
     @asynccontextmanager
@@ -196,32 +238,8 @@ def create_app(
 
     @app.post("/v1/classify", response_model=ClassifyResponse)
     async def classify(req: ClassifyRequest):
-        if len(req.texts) > max_batch:
-            raise HTTPException(413, f"{len(req.texts)} texts in one request; the limit is {max_batch}")
-        empty = [i for i, t in enumerate(req.texts) if not t.strip()]
-        if empty:
-            raise HTTPException(422, f"texts[{empty[0]}] is empty")
-        texts = [t[:max_chars] for t in req.texts]
-        if bool(clf.config.data.text_pair_column) != (req.pairs is not None):
-            raise HTTPException(
-                422, "this model classifies sentence pairs: send 'pairs' beside 'texts'" if req.pairs is None else "'pairs' is only for sentence-pair models"
-            )
-        if req.pairs is not None:
-            if len(req.pairs) != len(req.texts):
-                raise HTTPException(422, f"{len(req.pairs)} pairs for {len(req.texts)} texts")
-            empty = [i for i, t in enumerate(req.pairs) if not t.strip()]
-            if empty:
-                raise HTTPException(422, f"pairs[{empty[0]}] is empty")
-            texts = [(t, p[:max_chars]) for t, p in zip(texts, req.pairs)]
-        probs = await batcher.submit(texts)
-        out = []
-        for p, chosen_k in zip(probs, chosen(probs, clf.config)):
-            k = int(p.argmax())
-            row = {"label": k, "label_name": clf.label_names[k], "probabilities": {n: float(v) for n, v in zip(clf.label_names, p)}}
-            if clf.config.data.multi_label:
-                row |= {"labels": chosen_k, "label_names": [clf.label_names[j] for j in chosen_k]}
-            out.append(row)
-        return {"predictions": out}
+        probs = await batcher.submit(_request_texts(req, clf, max_batch, max_chars))
+        return {"predictions": _predictions(probs, clf)}
 
     @app.get("/v1/model")
     async def model_info():

@@ -2,8 +2,8 @@
 
 Rows are numbered class by class; row i's prompt and length come from a generator seeded with
 (seed, i), and batch k (rows k*B .. k*B+B-1) samples with seed (seed, k). Finished batches are
-appended to ``OUTPUT.partial.csv``, so an interrupted run continues where it stopped and
-produces exactly what an uninterrupted one would.
+appended to ``OUTPUT.partial.csv`` (one file a process under torchrun), so an interrupted run
+continues where it stopped and produces exactly what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -148,7 +148,9 @@ def generate(config: GenerateConfig, overwrite: bool = False, label_names: list[
     the file's classes). Writes text, label and provenance (prompt, seed, batch, model) to ``output`` and a
     summary to ``output`` with suffix ``.generate.json``; a class that yields no text is reported.
     With ``reuse``, an output generated from the same settings, prompts and model files is kept
-    as it is (a changed setting or input redoes it).
+    as it is (a changed setting or input redoes it). Under torchrun the batches are shared out
+    (process r takes every world-th batch) and process 0 writes one file in row order: the same
+    rows as one process writes, since batch k samples with seed (seed, k) wherever it runs.
 
     Args:
         config: the generation settings (``GenerateConfig``: prompts, output, model, sampling).
@@ -156,56 +158,102 @@ def generate(config: GenerateConfig, overwrite: bool = False, label_names: list[
         label_names: the classes, in the classifier's order; the prompt file must list exactly these.
         reuse: keep an existing output made from the same settings and inputs; redo it otherwise.
     """
-
-    import pandas as pd
-    import torch
-
-    from textlora.augment.lm import load_causal_lm
-    from textlora.fsutil import atomic_path, check_output
-    from textlora.runtime import default_device, resolve_precision
+    from textlora.fsutil import check_output
+    from textlora.runtime import finish_distributed, init_distributed
 
     out = check_output(config.output, flag="output", overwrite=overwrite or reuse, inputs=[config.prompts])
     if out.suffix.lower() not in (".csv", ".parquet"):
         raise UserError(f"output {out}: expected a .csv or .parquet file")
-    summary_path = out.with_suffix(".generate.json")
     key = generate_key(config, label_names)  # batch_size is in the key too: batch k seeds its rows
     if reuse and is_generated(config, label_names):
         print(f"reusing {out}: generated from the same settings, prompts and model", flush=True)
         return out
     prompts = read_prompts(config.prompts, label_names)
     rows = plan_rows(prompts, config)
-    partial = out.with_name(out.name + ".partial.csv")
-    stamp = partial.with_name(partial.name + ".key")  # a partial file continues only under the same settings
-    if partial.is_file() and (not stamp.is_file() or stamp.read_text() != key):
-        print(f"discarding {partial}: made with other settings or inputs", flush=True)
-        partial.unlink()
-    stamp.write_text(key)
-    done = pd.read_csv(partial, keep_default_na=False) if partial.is_file() else None
-    n_done = 0 if done is None else int(done["row"].max()) + 1
-    if n_done:
-        print(f"continuing {partial}: {n_done} of {len(rows)} rows already generated", flush=True)
-    start_load = time.perf_counter()
-    device = default_device()
+    dist_info, dist_device = init_distributed()
+    done = _resume_partials(out, key, dist_info)
+    n_batches = -(-len(rows) // config.batch_size)
+    todo = [k for k in range(n_batches) if k not in done and k % dist_info.world == dist_info.rank]
+    if done and dist_info.main:
+        print(f"continuing {out}: {len(done)} of {n_batches} batches already generated", flush=True)
+    model, tok, precision, device, load_seconds = _load_generator(config, dist_device)
+    run = _run_batches(model, tok, rows, config, device, todo, _partial(out, dist_info.rank))
+    dist_info.barrier()  # every process's batches are on disk
+    if dist_info.main:
+        _write_rows(out, key, prompts, rows, run | {"load_seconds": load_seconds, "precision": precision, "device": str(device)}, dist_info.world)
+    finish_distributed(dist_info)
+    return out
+
+
+def _partial(out: Path, rank: int) -> Path:
+    """Process ``rank``'s file of finished batches (one process: ``OUTPUT.partial.csv``)."""
+    return out.with_name(out.name + (".partial.csv" if rank == 0 else f".partial-{rank}.csv"))
+
+
+def _resume_partials(out: Path, key: str, dist_info) -> set[int]:
+    """The batches already in the partial files of this very generation (same key); process 0
+    discards partial files made with other settings or inputs first."""
+    import pandas as pd
+
+    stamp = out.with_name(out.name + ".partial.key")  # partial files continue only under the same settings
+    partials = sorted(out.parent.glob(out.name + ".partial*.csv"))
+    if dist_info.main:
+        if partials and (not stamp.is_file() or stamp.read_text() != key):
+            print(f"discarding {', '.join(p.name for p in partials)}: made with other settings or inputs", flush=True)
+            for p in partials:
+                p.unlink()
+            partials = []
+        stamp.write_text(key)
+    dist_info.barrier()
+    partials = sorted(out.parent.glob(out.name + ".partial*.csv"))
+    return {int(b) for p in partials for b in pd.read_csv(p, usecols=["batch"])["batch"]}
+
+
+def _load_generator(config: GenerateConfig, dist_device):
+    """(model in eval mode on its device, tokenizer, precision, device, seconds to load)."""
+    import torch
+
+    from textlora.augment.lm import load_causal_lm
+    from textlora.runtime import default_device, resolve_precision
+
+    start = time.perf_counter()
+    device = dist_device or default_device()
     model, tok = load_causal_lm(config.model)
     precision = resolve_precision(config.precision, device)
     model.to(device=device, dtype=torch.bfloat16 if precision == "bf16" else torch.float32).eval()
-    load_seconds = time.perf_counter() - start_load
+    return model, tok, precision, device, time.perf_counter() - start
+
+
+def _run_batches(model, tok, rows: list[dict], config: GenerateConfig, device, todo: list[int], partial: Path) -> dict:
+    """Generate the batches ``todo``, appending each to ``partial`` as it finishes; their timings."""
+    import pandas as pd
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(rows), initial=n_done, desc="generate", unit="row", mininterval=5)
-    start, new_tokens, first_row = time.perf_counter(), 0, None
-    for k in range(n_done // config.batch_size, -(-len(rows) // config.batch_size)):
+    bar = tqdm(total=len(todo), desc="generate", unit="batch", mininterval=5)
+    start, new_tokens, first_batch, n_rows = time.perf_counter(), 0, None, 0
+    for k in todo:
         batch = rows[k * config.batch_size : (k + 1) * config.batch_size]
         texts, n_new = _generate_batch(model, tok, batch, config, k, device)
-        new_tokens += n_new
-        first_row = first_row or time.perf_counter() - start
+        new_tokens, n_rows = new_tokens + n_new, n_rows + len(batch)
+        first_batch = first_batch or time.perf_counter() - start
         df = pd.DataFrame([{**r, "text": t, "seed": config.seed, "batch": k, "model": config.model} for r, t in zip(batch, texts)])
         df.to_csv(partial, mode="a", header=not partial.is_file(), index=False)
-        bar.update(len(batch))
+        bar.update(1)
     bar.close()
     seconds = time.perf_counter() - start
-    full = pd.read_csv(partial, keep_default_na=False)
-    kept = full[full["text"].str.strip() != ""]
+    return {"seconds": seconds, "new_tokens": new_tokens, "rows": n_rows, "first_batch_seconds": first_batch}
+
+
+def _write_rows(out: Path, key: str, prompts: dict, rows: list[dict], run: dict, world: int) -> None:
+    """Process 0: every partial file into ``output`` in row order (empty texts dropped), the summary
+    beside it, and the partial files removed."""
+    import pandas as pd
+
+    from textlora.fsutil import atomic_path
+
+    partials = sorted(out.parent.glob(out.name + ".partial*.csv"))
+    full = pd.concat([pd.read_csv(p, keep_default_na=False) for p in partials]).sort_values("row", kind="stable")
+    kept = full[full["text"].astype(str).str.strip() != ""]
     cols = ["text", "label", "prompt", "seed", "batch", "row", "model", "max_new_tokens"]
     with atomic_path(out) as tmp:
         if out.suffix.lower() == ".parquet":
@@ -213,26 +261,28 @@ def generate(config: GenerateConfig, overwrite: bool = False, label_names: list[
         else:
             kept[cols].to_csv(tmp, index=False)
     per_class = {name: int((kept["label"].astype(str) == name).sum()) for name in prompts}
+    seconds = run["seconds"]
     summary = {
         "rows_planned": len(rows),
         "rows_written": len(kept),
         "per_class": per_class,
         "empty_dropped": int(len(full) - len(kept)),
         "classes_with_no_rows": [n for n, c in per_class.items() if c == 0],
+        "processes": world,
         "seconds_this_run": seconds,
-        "load_seconds": load_seconds,
-        "first_batch_seconds": first_row,
-        "precision": precision,
-        "device": str(device),
-        "new_tokens_this_run": new_tokens,
-        "tokens_per_s": new_tokens / max(seconds, 1e-9),
-        "rows_per_s": (len(rows) - n_done) / max(seconds, 1e-9),
+        "load_seconds": run["load_seconds"],
+        "first_batch_seconds": run["first_batch_seconds"],
+        "precision": run["precision"],
+        "device": run["device"],
+        "new_tokens_this_run": run["new_tokens"],  # process 0's (each process generates about as many)
+        "tokens_per_s": run["new_tokens"] / max(seconds, 1e-9),
+        "rows_per_s": run["rows"] / max(seconds, 1e-9),
         "fingerprint": key,
     }
-    summary_path.write_text(json.dumps(summary, indent=2))
-    partial.unlink()
-    stamp.unlink(missing_ok=True)
+    out.with_suffix(".generate.json").write_text(json.dumps(summary, indent=2))
+    for p in partials:
+        p.unlink()
+    out.with_name(out.name + ".partial.key").unlink(missing_ok=True)
     for name in summary["classes_with_no_rows"]:
         print(f"warning: class '{name}' yielded no text", flush=True)
-    print(f"wrote {len(kept)} rows to {out} ({summary['tokens_per_s']:.1f} new tokens/s, {summary['rows_per_s']:.2f} rows/s)")
-    return out
+    print(f"wrote {len(kept)} rows to {out} ({summary['tokens_per_s']:.1f} new tokens/s, {summary['rows_per_s']:.2f} rows/s, process 0 of {world})")
