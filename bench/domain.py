@@ -26,11 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from machine import cpu  # bench/machine.py: python puts the script's folder on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "domain.json"
@@ -45,24 +46,6 @@ VARIANTS = {
     "instruct+st": ["--synthetic.prompts", "instruct", "--self_training.rounds", "1"],
 }
 SHARED = {"instruct+st": "instruct"}  # variants that generate exactly what another one does
-
-
-def cpu() -> dict:
-    """lscpu's model name and the flags that decide CPU speed here, and torch's CPU capability."""
-    import torch
-
-    info = {"platform": platform.platform()}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-        info["model_name"] = fields.get("Model name", "").strip()
-        flags = fields.get("Flags", "").split()
-        info["flags"] = [f for f in flags if f.startswith(("avx512_bf16", "amx", "avx512f", "avx2", "avx_vnni", "avx512_vnni"))]
-    except OSError:
-        pass
-    info["torch_capability"] = torch.backends.cpu.get_cpu_capability()
-    info["cores"] = len(__import__("os").sched_getaffinity(0))
-    return info
 
 
 def selection(run: Path) -> dict:
