@@ -41,7 +41,7 @@ def pipeline_config(root, tiny_bert, tiny_gpt2, **sections) -> dict:
         "adapt": {"model": str(tiny_gpt2), "lora_targets": ["c_attn"], "epochs": 1, "batch_size": 8, "heldout": 4, "precision": "fp32"},
         "generate": {"rows_per_class": 8, "batch_size": 8, "length_max": 12, "precision": "fp32"},
         "filter": {"min_words": 1},
-        "synthetic": {"prompts": "instruct", "dev_fraction": 0.25},
+        "synthetic": {"prompts": "instruct", "dev_fraction": 0.25, "processes": 1},  # torchrun's start-up would slow every test
     }
     for key, value in sections.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
@@ -211,3 +211,17 @@ def test_training_needs_a_training_file(tmp_path, tiny_bert, capsys):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "model": {"name": str(tiny_bert)}}))
     fails(capsys, ["train", "--config", str(tmp_path / "c.yaml")], "data.train: no training file given")
     assert not (tmp_path / "run").exists()
+
+
+def test_generation_in_two_processes_writes_the_same_rows(task, tiny_bert, tiny_gpt2, capsys):
+    """synthetic.processes 2 runs the generate stage under torchrun; the rows equal one process's."""
+    shared = {"adapt": {"output_dir": str(task / "lm")}}
+    one = pipeline_config(task, tiny_bert, tiny_gpt2, output_dir=str(task / "one"), **shared)
+    assert main(["pipeline", "--config", write(task / "one.yaml", one)]) == 0
+    two = pipeline_config(task, tiny_bert, tiny_gpt2, output_dir=str(task / "two"), synthetic={"processes": 2}, **shared)
+    assert main(["pipeline", "--config", write(task / "two.yaml", two)]) == 0
+    assert "generate: 2 processes of 1 thread(s) under torchrun" in capsys.readouterr().out
+    a, b = (pd.read_csv(task / d / "synthetic" / "rows.csv", keep_default_na=False) for d in ("one", "two"))
+    assert len(a) > 0
+    pd.testing.assert_frame_equal(a, b)
+    assert json.loads((task / "two" / "synthetic" / "rows.generate.json").read_text())["processes"] == 2
