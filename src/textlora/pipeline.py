@@ -63,11 +63,11 @@ class SyntheticConfig:
     source_prompts: int = 64  # source: openings a class, from the source training split
     source_words: int = 6  # source: words an opening
     dev_fraction: float = 0.1  # filtered rows held out as the eval set "synthetic" (never trained on); 0: none
-    processes: int | str = "auto"  # generate under torchrun in this many processes (the same rows); auto: 2 on a CPU with >= 2 cores
+    processes: int = 1  # generate under torchrun in this many processes (the same rows): e.g. one a GPU
 
     def __post_init__(self) -> None:
         _check(0 <= self.dev_fraction < 1, "synthetic.dev_fraction", "a number in [0, 1)", self.dev_fraction)
-        _check(self.processes == "auto" or (isinstance(self.processes, int) and self.processes >= 1), "synthetic.processes", "an integer >= 1 or auto", self.processes)
+        _check(isinstance(self.processes, int) and self.processes >= 1, "synthetic.processes", "an integer >= 1", self.processes)
         _check(self.source_prompts >= 1, "synthetic.source_prompts", "an integer >= 1", self.source_prompts)
         _check(self.source_words >= 1, "synthetic.source_words", "an integer >= 1", self.source_words)
         _check(all("{label}" in t for t in self.templates), "synthetic.templates", "templates that each contain {label}", self.templates)
@@ -371,7 +371,7 @@ def _generate(r: _Run) -> None:
         return
     reused = is_generated(gcfg, r.label_names)
     t0 = r.stages.start("generate", key)
-    processes = _generate_processes(r.config.synthetic.processes)
+    processes = r.config.synthetic.processes
     if processes > 1 and not reused:
         _generate_sharded(gcfg, r.label_names, processes, r.out / "synthetic" / "generate.yaml")
     else:
@@ -381,18 +381,6 @@ def _generate(r: _Run) -> None:
         "reused " + str(r.generated) + "; " if reused else ""
     ) + f"{s['tokens_per_s']:.0f} new tokens/s, {gcfg.length_mean:.0f} +- {gcfg.length_std:.0f} tokens a row, prompts: {r.config.synthetic.prompts}"
     r.stages.finish("generate", key, t0, rows=s["rows_written"], note=note)
-
-
-def _generate_processes(setting) -> int:
-    """``auto``: 2 processes of half the cores each on a CPU with >= 2 cores (on 2 cores they wrote
-    ~1.2x the tokens/s of one process with both: small matmuls scale poorly over threads), else 1."""
-    import os
-
-    import torch
-
-    if setting != "auto":
-        return int(setting)
-    return 2 if not torch.cuda.is_available() and len(os.sched_getaffinity(0)) >= 2 else 1
 
 
 def _generate_sharded(gcfg, label_names: list[str], processes: int, config_file: Path) -> None:
@@ -406,7 +394,7 @@ def _generate_sharded(gcfg, label_names: list[str], processes: int, config_file:
 
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(yaml.safe_dump(asdict(gcfg), sort_keys=False))
-    threads = max(1, len(os.sched_getaffinity(0)) // processes)
+    threads = max(1, len(os.sched_getaffinity(0)) // processes)  # each process a share of the cores
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), "-m", "textlora", "generate"]
     cmd += ["--config", str(config_file), "--reuse", "--label-names", *label_names]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}

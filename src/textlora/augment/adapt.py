@@ -303,7 +303,8 @@ def _fit_lm(model, tok, texts: list[str], config: AdaptConfig, precision: str, d
         state = json.loads((ckpt / "state.json").read_text())
         first, losses = state["global_step"], state["losses"]
         print(f"resuming adapt at step {first} of {total} ({ckpt})", flush=True)
-    print(f"adapt: {total} steps of {config.batch_size} texts, {precision}", flush=True)
+    weights = str(next(model.parameters()).dtype).removeprefix("torch.")  # the frozen base's: bf16 weights run without autocast
+    print(f"adapt: {total} steps of {config.batch_size} texts, {weights} weights{', bf16 autocast' if precision == 'bf16' else ''}", flush=True)
     model.train()
     bar = tqdm(total=total, initial=first, desc="adapt", unit="step", mininterval=5)
     start = time.perf_counter()
