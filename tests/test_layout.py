@@ -76,7 +76,7 @@ def test_each_verb_opens_its_run_once(verb, trained, monkeypatch, tmp_path):
 
 
 def test_public_api_names_stay_functions_after_any_import():
-    """``textlora.training`` (and evaluate, predict) is the function, also after every submodule was imported:
+    """``textlora.train`` (and evaluate, predict) is the function, also after every submodule was imported:
     no submodule may share a name with the public API, or the import system rebinds it to the module."""
     import subprocess
     import sys
