@@ -195,7 +195,7 @@ def _run(name: str, args, extra: list[str]) -> int:
     try:
         result = fn(**kwargs)
     except interrupted as e:
-        hint = "; run the same command again to continue" if name == "pipeline" else ""  # adapt says so itself
+        hint = "; run the same command again to continue" if name == "pipeline" and "same command" not in str(e) else ""
         print(f"textlora {name}: {e}{hint}", file=sys.stderr)
         return 128 + e.signum
     show = verb.show
