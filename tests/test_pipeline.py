@@ -204,6 +204,7 @@ def test_pipeline_bad_input_is_one_line(task, tiny_bert, tiny_gpt2, capsys):
     bad({**base, "synthetic": {"prompts": str(task / "prompts.yaml")}}, "class 'weather' is not a class of the training data")
     bad({**base, "adapt": {**base["adapt"], "texts": "x.csv"}}, "adapt.texts: set by the pipeline")
     bad({**base, "bogus": 1}, "unknown key 'bogus'")
+    bad({**base, "synthetic": {**base["synthetic"], "processes": 0}}, "synthetic.processes: expected an integer >= 1, found 0")
     assert not (task / "out" / "predictions.csv").exists()
 
 

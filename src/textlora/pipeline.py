@@ -67,7 +67,7 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         _check(0 <= self.dev_fraction < 1, "synthetic.dev_fraction", "a number in [0, 1)", self.dev_fraction)
-        _check(isinstance(self.processes, int) and self.processes >= 1, "synthetic.processes", "an integer >= 1", self.processes)
+        _check(type(self.processes) is int and self.processes >= 1, "synthetic.processes", "an integer >= 1", self.processes)
         _check(self.source_prompts >= 1, "synthetic.source_prompts", "an integer >= 1", self.source_prompts)
         _check(self.source_words >= 1, "synthetic.source_words", "an integer >= 1", self.source_words)
         _check(all("{label}" in t for t in self.templates), "synthetic.templates", "templates that each contain {label}", self.templates)
