@@ -24,11 +24,12 @@ import time
 from pathlib import Path
 
 import torch
+from generate_speed import new_path  # bench/generate_speed.py
 from machine import cpu  # bench/machine.py
 
 from textlora.augment.generate import GenerateConfig, plan_rows, read_prompts
 from textlora.augment.lm import load_causal_lm
-from textlora.augment.sampling import LlamaStepper, SamplingSettings, candidates, sample
+from textlora.augment.sampling import LlamaStepper, SamplingSettings, candidates
 
 
 class Int8Matmuls:
@@ -86,22 +87,7 @@ class _Q:
 
 
 def run_path(model, tok, rows, batch_size: int) -> dict:
-    start, new = time.perf_counter(), 0
-    for k in range(0, len(rows), batch_size):
-        batch = rows[k : k + batch_size]
-        out = sample(
-            model,
-            [tok(r["prompt"])["input_ids"] for r in batch],
-            [r["max_new_tokens"] for r in batch],
-            SamplingSettings(),
-            pad_id=tok.pad_token_id,
-            eos_id=tok.eos_token_id,
-            generator=torch.Generator().manual_seed(k),
-            device=torch.device("cpu"),
-        )
-        new += sum(len(o) for o in out)
-    seconds = time.perf_counter() - start
-    return {"new_tokens": new, "rows": len(rows), "seconds": round(seconds, 2), "tokens_per_s": round(new / seconds, 1), "rows_per_s": round(len(rows) / seconds, 2)}
+    return new_path(model, tok, rows, batch_size, fused=True)  # bench/generate_speed.py's timing of the loop
 
 
 def first_step(model, tok, prompts: list[str]) -> torch.Tensor:
