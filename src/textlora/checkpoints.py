@@ -111,6 +111,18 @@ def load_trainable(model, ckpt: Path) -> None:
             params[n].copy_(t)
 
 
+def restore(ckpt: Path, model, optimizer, scheduler) -> dict:
+    """Put a checkpoint's trainable weights, optimizer, scheduler and RNG state back; returns its state.json."""
+    import torch
+
+    load_trainable(model, ckpt)
+    saved = torch.load(ckpt / "optim.pt", weights_only=False)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    set_rng_state(saved["rng"])
+    return json.loads((ckpt / "state.json").read_text())
+
+
 def checkpoint_damage(ckpt: Path) -> str | None:
     """What is wrong with a checkpoint's files (a missing file or a checksum mismatch), or None."""
     try:

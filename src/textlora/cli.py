@@ -17,7 +17,7 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 def _is_rank0() -> bool:
@@ -28,7 +28,7 @@ def _is_rank0() -> bool:
 # --- what each verb prints -------------------------------------------------------------------
 
 
-def _show_train(out) -> None:
+def _show_train(out, args) -> None:
     if _is_rank0():
         print(f"run directory: {out}")
 
@@ -45,7 +45,7 @@ def _show_evaluate(metrics, args) -> None:
         print(f"wrote {args.output_dir}/metrics.json and the confusion matrices (JSON, PNG)")
 
 
-def _show_predict(result) -> None:
+def _show_predict(result, args) -> None:
     if isinstance(result, dict):
         print(f"{result['label']}\t{result['label_name']}")
         print(json.dumps(result["probabilities"], indent=2))
@@ -53,50 +53,55 @@ def _show_predict(result) -> None:
         print(f"wrote {result}")
 
 
-def _show_wrote(out) -> None:
+def _show_wrote(out, args) -> None:
     if _is_rank0():
         print(f"wrote {out}")
+
+
+def _loader(target: str):
+    """The object a "module:name" string names, its module imported on the way."""
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 @dataclass
 class Verb:
     target: str  # "module:function": the library function whose signature and docstring make the flags
     summary: str  # one line for `textlora --help`
-    show: object = _show_wrote  # prints the result; (result) or (result, args)
+    show: object = _show_wrote  # prints the result: show(result, args)
     config: str | None = None  # "module:loader" that reads --config FILE plus dotted overrides
     config_class: str | None = None  # for the augment steps: the dataclass the loader fills
     config_required: bool = False
     config_help: str = "YAML config file; dotted overrides follow, e.g. --train.epochs 2"
-    hidden: tuple = field(default_factory=tuple)  # parameters the CLI does not expose
 
     def function(self):
-        module, name = self.target.split(":")
-        return getattr(importlib.import_module(module), name)
+        return _loader(self.target)
 
 
 VERBS = {
     "train": Verb("textlora.training:train", "train a LoRA classifier from a YAML config and write a run directory", _show_train,
                   config="textlora.config:load_config", config_required=True),
     "pipeline": Verb("textlora.pipeline:pipeline", "the whole method on any data: adapt, generate, filter, train, self-train, evaluate, predict",
-                     lambda summary: None, config="textlora.pipeline:load_pipeline_config", config_required=True,
+                     lambda summary, args: None, config="textlora.pipeline:load_pipeline_config", config_required=True,
                      config_help="pipeline YAML (e.g. configs/amazon-dvd-electronics.yaml); dotted overrides follow"),
     "evaluate": Verb("textlora.evaluation:evaluate", "accuracy, macro-F1, per-class scores and confusion matrix on a labelled file", _show_evaluate),
     "predict": Verb("textlora.prediction:predict", "predict a file to an ID,Label CSV, or one --text", _show_predict),
     "pseudolabel": Verb("textlora.pseudolabel:pseudolabel", "label unlabelled texts with a run; keep the confident ones, class-balanced, with provenance",
-                        lambda out: print(f"wrote {out} and {out.with_suffix('.report.json').name}")),
+                        lambda out, args: print(f"wrote {out} and {out.with_suffix('.report.json').name}")),
     "export": Verb("textlora.export:export", "write a merged Hugging Face folder or an ONNX model (optionally int8)"),
     "report": Verb("textlora.report:build_report", "write a self-contained HTML report: curves, confusion matrix, mistakes, timings"),
-    "serve": Verb("textlora.serve:serve", "serve a run over HTTP with a small web page (loopback by default)", lambda out: None),
+    "serve": Verb("textlora.serve:serve", "serve a run over HTTP with a small web page (loopback by default)", lambda out, args: None),
     "adapt": Verb("textlora.augment.adapt:adapt", "fine-tune a causal LM on unlabelled target texts (perplexity before/after)",
                   config="textlora.config:load_config", config_class="textlora.augment.adapt:AdaptConfig",
-                  config_help="YAML config; dotted overrides follow, e.g. --max_steps 100"),
+                  config_help="YAML config; dotted overrides follow, e.g. --max_texts 500"),
     "generate": Verb("textlora.augment.generate:generate", "generate labelled rows from per-class prompts (batched, resumable)",
                      config="textlora.config:load_config", config_class="textlora.augment.generate:GenerateConfig",
                      config_help="YAML config; dotted overrides follow, e.g. --rows_per_class 100"),
     "filter": Verb("textlora.augment.filter:filter_rows", "filter synthetic rows: length, garbage, duplicates, classifier agreement; report",
                    config="textlora.config:load_config", config_class="textlora.augment.filter:FilterConfig",
                    config_help="YAML config; dotted overrides follow, e.g. --min_words 5"),
-    "budget": Verb("textlora.budget:budget", "print the trainable-parameter breakdown of a config against its budget, or --plan one", print,
+    "budget": Verb("textlora.budget:budget", "print the trainable-parameter breakdown of a config against its budget, or --plan one",
+                   lambda report, args: print(report),
                    config_help="YAML config file (default: the built-in defaults); dotted overrides follow"),
 }
 CONFIG_PARAMS = ("config", "config_path")  # become --config FILE
@@ -148,7 +153,7 @@ def flags_for(fn, verb: Verb) -> list[tuple[tuple, dict]]:
     _, docs = split_doc(fn.__doc__)
     out = []
     for name, p in inspect.signature(fn).parameters.items():
-        if name in verb.hidden or name == OVERRIDES_PARAM:
+        if name == OVERRIDES_PARAM:
             continue
         if name in CONFIG_PARAMS:
             out.append((("--config",), dict(dest=name, required=verb.config_required, metavar="FILE", help=verb.config_help)))
@@ -175,11 +180,6 @@ def flags_for(fn, verb: Verb) -> list[tuple[tuple, dict]]:
     return out
 
 
-def _loader(target: str):
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def _run(name: str, args, extra: list[str]) -> int:
     verb = VERBS[name]
     fn = verb.function()
@@ -191,15 +191,15 @@ def _run(name: str, args, extra: list[str]) -> int:
         key = next(p for p in CONFIG_PARAMS if p in params)
         loader = _loader(verb.config)
         kwargs[key] = loader(args.__dict__[key], extra, cls=_loader(verb.config_class)) if verb.config_class else loader(args.__dict__[key], extra)
-    interrupted = _loader("textlora.checkpoints:Interrupted") if name in ("train", "pipeline", "adapt") else ()
+    from textlora.checkpoints import Interrupted
+
     try:
         result = fn(**kwargs)
-    except interrupted as e:
+    except Interrupted as e:  # train, adapt and the pipeline stop on SIGINT/SIGTERM with a checkpoint
         hint = "; run the same command again to continue" if name == "pipeline" and "same command" not in str(e) else ""
         print(f"textlora {name}: {e}{hint}", file=sys.stderr)
         return 128 + e.signum
-    show = verb.show
-    show(result, args) if len(inspect.signature(show).parameters) == 2 else show(result)
+    verb.show(result, args)
     return 0
 
 

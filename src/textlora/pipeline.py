@@ -451,7 +451,6 @@ def _filter(r: _Run) -> None:
     split = {"dev_fraction": r.config.synthetic.dev_fraction, "seed": cfg.seed}
     key = fingerprint({**asdict(fcfg), **split}, [fcfg.input, fcfg.real, fcfg.classifier], paths=("input", "output", "real", "classifier"))
     train_file, dev_file = r.out / "synthetic" / "train.csv", r.out / "synthetic" / "heldout.csv"
-    filtered.parent.mkdir(parents=True, exist_ok=True)  # generate.output may be elsewhere (shared by several pipelines)
     cached = r.stages.done("filter", key)
     if not (cached and train_file.is_file()):
         t0 = r.stages.start("filter", key)

@@ -23,7 +23,7 @@ from typing import Literal
 
 import numpy as np
 
-from textlora.checkpoints import Interrupted, Signals, config_differences, load_trainable, pick_checkpoint, save_checkpoint, set_rng_state
+from textlora.checkpoints import Interrupted, Signals, config_differences, load_trainable, pick_checkpoint, restore, save_checkpoint
 from textlora.config import Config
 from textlora.errors import UserError
 from textlora.faults import fault
@@ -263,11 +263,7 @@ def _setup_schedule(s: Session) -> None:
     s.scheduler = make_scheduler(s.optimizer, cfg.lr_scheduler, cfg.warmup_ratio, s.total_steps)
     s.scaler = torch.amp.GradScaler("cuda") if s.precision == "fp16" else None
     if s.ckpt is not None:
-        load_trainable(s.core, s.ckpt)
-        extra = torch.load(s.ckpt / "optim.pt", weights_only=False)
-        s.optimizer.load_state_dict(extra["optimizer"])
-        s.scheduler.load_state_dict(extra["scheduler"])
-        set_rng_state(extra["rng"])
+        restore(s.ckpt, s.core, s.optimizer, s.scheduler)
         state = json.loads((s.ckpt / "state.json").read_text())
         s.fit = Fit(**{k: state[k] for k in Fit.__dataclass_fields__})
         if s.resume == "best":  # continue from the best: later history is discarded

@@ -282,7 +282,7 @@ def _fit_lm(model, tok, texts: list[str], config: AdaptConfig, precision: str, d
     import torch
     from tqdm.auto import tqdm
 
-    from textlora.checkpoints import Interrupted, Signals, load_trainable, save_checkpoint, set_rng_state
+    from textlora.checkpoints import Interrupted, Signals, restore, save_checkpoint
     from textlora.faults import fault
     from textlora.runtime import autocast, make_scheduler
 
@@ -295,12 +295,7 @@ def _fit_lm(model, tok, texts: list[str], config: AdaptConfig, precision: str, d
     first, losses = 0, []
     ckpt = _resumable(work, key)
     if ckpt is not None:
-        load_trainable(model, ckpt)
-        saved = torch.load(ckpt / "optim.pt", weights_only=False)
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        set_rng_state(saved["rng"])
-        state = json.loads((ckpt / "state.json").read_text())
+        state = restore(ckpt, model, opt, sched)
         first, losses = state["global_step"], state["losses"]
         print(f"resuming adapt at step {first} of {total} ({ckpt})", flush=True)
     weights = str(next(model.parameters()).dtype).removeprefix("torch.")  # the frozen base's: bf16 weights run without autocast

@@ -190,23 +190,30 @@ def _partial(out: Path, rank: int) -> Path:
     return out.with_name(out.name + (".partial.csv" if rank == 0 else f".partial-{rank}.csv"))
 
 
+def _partials(out: Path) -> list[Path]:
+    """Every process's file of finished batches, whatever the number of processes that wrote them."""
+    return sorted(out.parent.glob(out.name + ".partial*.csv"))
+
+
+def _stamp(out: Path) -> Path:
+    """The key the partial files were made under: they continue only under the same settings."""
+    return out.with_name(out.name + ".partial.key")
+
+
 def _resume_partials(out: Path, key: str, dist_info) -> set[int]:
     """The batches already in the partial files of this very generation (same key); process 0
     discards partial files made with other settings or inputs first."""
     import pandas as pd
 
-    stamp = out.with_name(out.name + ".partial.key")  # partial files continue only under the same settings
-    partials = sorted(out.parent.glob(out.name + ".partial*.csv"))
     if dist_info.main:
-        if partials and (not stamp.is_file() or stamp.read_text() != key):
-            print(f"discarding {', '.join(p.name for p in partials)}: made with other settings or inputs", flush=True)
-            for p in partials:
-                p.unlink()
-            partials = []
-        stamp.write_text(key)
+        stale = _partials(out) if not _stamp(out).is_file() or _stamp(out).read_text() != key else []
+        if stale:
+            print(f"discarding {', '.join(p.name for p in stale)}: made with other settings or inputs", flush=True)
+        for p in stale:
+            p.unlink()
+        _stamp(out).write_text(key)
     dist_info.barrier()
-    partials = sorted(out.parent.glob(out.name + ".partial*.csv"))
-    return {int(b) for p in partials for b in pd.read_csv(p, usecols=["batch"])["batch"]}
+    return {int(b) for p in _partials(out) for b in pd.read_csv(p, usecols=["batch"])["batch"]}
 
 
 def _load_generator(config: GenerateConfig, dist_device):
@@ -251,7 +258,7 @@ def _write_rows(out: Path, key: str, prompts: dict, rows: list[dict], run: dict,
 
     from textlora.fsutil import atomic_path
 
-    partials = sorted(out.parent.glob(out.name + ".partial*.csv"))
+    partials = _partials(out)
     full = pd.concat([pd.read_csv(p, keep_default_na=False) for p in partials]).sort_values("row", kind="stable")
     kept = full[full["text"].astype(str).str.strip() != ""]
     cols = ["text", "label", "prompt", "seed", "batch", "row", "model", "max_new_tokens"]
@@ -282,7 +289,7 @@ def _write_rows(out: Path, key: str, prompts: dict, rows: list[dict], run: dict,
     out.with_suffix(".generate.json").write_text(json.dumps(summary, indent=2))
     for p in partials:
         p.unlink()
-    out.with_name(out.name + ".partial.key").unlink(missing_ok=True)
+    _stamp(out).unlink(missing_ok=True)
     for name in summary["classes_with_no_rows"]:
         print(f"warning: class '{name}' yielded no text", flush=True)
     print(f"wrote {len(kept)} rows to {out} ({summary['tokens_per_s']:.1f} new tokens/s, {summary['rows_per_s']:.2f} rows/s, process 0 of {world})")
