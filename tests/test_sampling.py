@@ -164,15 +164,19 @@ def test_every_generation_path_samples_the_reference_distribution(path):
     ids = torch.tensor([prompt])
     with torch.inference_mode():
         want = _hf_probs(model(input_ids=ids).logits[:, -1], ids, settings)[0]
+        ids2 = torch.tensor([prompt + [9]])  # and a decode step (one new token: the cached attention path)
+        want2 = _hf_probs(model(input_ids=ids2).logits[:, -1], ids2, settings)[0]
         if path.endswith("bf16 weights"):
             model.to(torch.bfloat16)
         mask = torch.ones_like(ids)
         pos = torch.arange(len(prompt))[None]
         stepper = HFStepper(model) if path.startswith("transformers") else LlamaStepper(model, 1, 8)
         cand, probs = candidates(stepper(ids, mask, pos), ids, settings)
-    got = torch.zeros_like(want).scatter(0, cand[0], probs[0].float())
-    tv = 0.5 * (got - want).abs().sum().item()
-    assert tv < (0.01 if "bf16" in path else 1e-4), tv  # measured: 1e-7 in fp32, 0.001 in bf16
+        cand2, probs2 = candidates(stepper(ids2[:, -1:], torch.ones_like(ids2), pos[:, -1:] + 1), ids2, settings)
+    for c, p, w in ((cand, probs, want), (cand2, probs2, want2)):
+        got = torch.zeros_like(w).scatter(0, c[0], p[0].float())
+        tv = 0.5 * (got - w).abs().sum().item()
+        assert tv < (0.01 if "bf16" in path else 1e-4), tv  # measured: 1e-7 in fp32, 0.001 in bf16
     # sampling: 4,000 rows from the same prompt, their first tokens against the reference
     n = 4000
     first = sample(model, [prompt] * n, [1] * n, settings, pad_id=0, eos_id=None, generator=torch.Generator().manual_seed(1),
