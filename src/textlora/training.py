@@ -263,8 +263,7 @@ def _setup_schedule(s: Session) -> None:
     s.scheduler = make_scheduler(s.optimizer, cfg.lr_scheduler, cfg.warmup_ratio, s.total_steps)
     s.scaler = torch.amp.GradScaler("cuda") if s.precision == "fp16" else None
     if s.ckpt is not None:
-        restore(s.ckpt, s.core, s.optimizer, s.scheduler)
-        state = json.loads((s.ckpt / "state.json").read_text())
+        state = restore(s.ckpt, s.core, s.optimizer, s.scheduler)
         s.fit = Fit(**{k: state[k] for k in Fit.__dataclass_fields__})
         if s.resume == "best":  # continue from the best: later history is discarded
             s.fit.history = [h for h in s.fit.history if h["step"] <= s.fit.global_step]

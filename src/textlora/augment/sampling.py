@@ -154,10 +154,8 @@ class LlamaStepper:
             q = _rope(q.view(b, t, hq, d).transpose(1, 2), cos, sin)
             self.k[i, :b, :, start:end] = _rope(k.view(b, t, hk, d).transpose(1, 2), cos, sin)
             self.v[i, :b, :, start:end] = v.view(b, t, hk, d).transpose(1, 2)
-            if t == 1:
-                o = _decode_attention(q, self.k[i, :b, :, :end], self.v[i, :b, :, :end], keys)
-            else:
-                o = F.scaled_dot_product_attention(q, self.k[i, :b, :, :end], self.v[i, :b, :, :end], attn_mask=keys, enable_gqa=hq != hk)
+            ck, cv = self.k[i, :b, :, :end], self.v[i, :b, :, :end]
+            o = _decode_attention(q, ck, cv, keys) if t == 1 else F.scaled_dot_product_attention(q, ck, cv, attn_mask=keys, enable_gqa=hq != hk)
             x = x + o.transpose(1, 2).reshape(b, t, hq * d) @ wo
             h = F.rms_norm(x, (x.shape[-1],), ln2, self.eps)
             gate, up = (h @ wgu).chunk(2, dim=-1)
@@ -172,11 +170,12 @@ class LlamaStepper:
 
 
 def _decode_attention(q, k, v, keys):
-    """Attention of one new token a row: what ``scaled_dot_product_attention`` gives, ~5x faster on the CPU.
+    """Attention of one new token a row: what ``scaled_dot_product_attention`` gives, faster on the CPU.
 
-    torch's CPU flash kernel works in query blocks, and with one query a row it spent as long on
-    attention as the matmuls on the weights (SmolLM2, batch 256). Here the query heads sharing a
-    KV head are one small matmul against the cache slice, in the cache's dtype; the softmax is in fp32.
+    With one query a row, torch's CPU flash kernel spent as long on attention as the matmuls on the
+    weights in bf16 (SmolLM2, batch 256: 4-7x these matmuls' time; in fp32 1.2-1.5x, measured by
+    bench/attention_paths.py). Here the query heads sharing a KV head are one small matmul against
+    the cache slice, in the cache's dtype; the softmax is in fp32.
 
     Args:
         q: (B, H, 1, d) queries; k, v: (B, Hk, L, d) cached keys and values, H a multiple of Hk.
