@@ -49,6 +49,7 @@ seed: 1
         ("train:\n  epochs: many\n", "train.epochs: expected a number, found 'many'"),
         ("lora:\n  r: 2.5\n", "lora.r: expected an integer, found 2.5"),
         ("lora:\n  bias: some\n", "lora.bias: expected none, all or lora_only, found 'some'"),
+        ("model:\n  truncation: middle\n", "model.truncation: expected head or head_tail, found 'middle'"),
         ("train: [1, 2]\n", "train: expected a mapping"),
         ("train:\n  epochs: [3\n", "not valid YAML"),
     ],

@@ -108,3 +108,44 @@ def test_explicit_dev_file_replaces_the_split(tmp_path):
     splits = load_splits(DataConfig(train=str(tmp_path / "train.csv"), dev=str(tmp_path / "dev.csv"), label_names=["sports", "business", "science"]), seed=0)
     assert len(splits.train_texts) == 60 and len(splits.val_texts) == 12
     assert splits.val_texts == pd.read_csv(tmp_path / "dev.csv")["text"].tolist()
+
+
+def test_head_tail_truncation_keeps_both_ends_of_a_long_text(tmp_path):
+    """model.truncation: head_tail keeps the first quarter and the end of a text that is too long,
+    with the model's special tokens around it; texts that fit are tokenized as with head."""
+    from textlora.runtime import encode_texts
+
+    from .conftest import make_tokenizer
+
+    tok = make_tokenizer(tmp_path / "tok")
+    words = [f"{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+    long_text, short_text = " ".join(words), "a b c"
+    head = encode_texts(tok, [long_text, short_text], 10)
+    both = encode_texts(tok, [long_text, short_text], 10, truncation="head_tail")
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+    assert head[0] == [cls, *tok.convert_tokens_to_ids(list("abcdefgh")), sep]
+    assert both[0] == [cls, *tok.convert_tokens_to_ids(list("ab") + list("uvwxyz")), sep]
+    assert both[1] == head[1] == [cls, *tok.convert_tokens_to_ids(list("abc")), sep]
+    with pytest.raises(UserError, match="model.truncation"):
+        encode_texts(tok, [long_text], 10, truncation="middle")
+
+
+def test_a_run_trained_with_head_tail_predicts_with_it(tmp_path, tiny_bert):
+    """model.truncation is saved with the run and used again at prediction: a long text is predicted
+    exactly as the words head_tail keeps of it (and the head's cut would differ)."""
+    from textlora.cli import main
+    from textlora.prediction import Classifier
+
+    from .conftest import write_config
+
+    make_texts(20, seed=1).to_csv(tmp_path / "train.csv", index=False)
+    cfg = write_config(tmp_path / "c.yaml", tiny_bert, tmp_path / "train.csv", tmp_path / "run", train={"epochs": 1})
+    assert main(["train", "--config", str(cfg), "--model.max_length", "10", "--model.truncation", "head_tail"]) == 0
+    clf = Classifier(tmp_path / "run", precision="fp32")
+    assert clf.config.model.truncation == "head_tail"
+    words = "goal match team coach the a of in on and stock market price profit bank shares".split()
+    kept = words[:2] + words[-6:]  # 8 words fit beside [CLS] and [SEP]: a quarter from the start, the rest from the end
+    long_text, kept_text, head_text = " ".join(words), " ".join(kept), " ".join(words[:8])
+    logits = clf.logits([long_text, kept_text, head_text])
+    assert np.array_equal(logits[0], logits[1])
+    assert not np.allclose(logits[0], logits[2])

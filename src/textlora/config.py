@@ -25,6 +25,7 @@ class ModelConfig:
     name: str = "minilm"  # hub id, local folder, or alias ("minilm": the pip-packaged all-MiniLM-L6-v2)
     max_length: int | str = 128  # tokens per text, longer texts are truncated; auto: the 90th percentile of the training texts (at most 512)
     max_length_percentile: float | None = None  # if set, cap max_length at this percentile of the training texts' lengths
+    truncation: str = "head"  # a text over max_length keeps: head (its start) | head_tail (its first quarter and its end)
     dropout: float | None = None  # overrides every dropout of the base model while training; None keeps the model's own
     attn_implementation: str = "auto"  # auto (eager on CPU: faster for short texts there; sdpa on GPU) | eager | sdpa
     head: str = "standard"  # standard (the model's own) | linear | mlp (first token) | mean (masked mean of the tokens) | auto (the planner's)
@@ -39,6 +40,7 @@ class ModelConfig:
         )
         if self.max_length_percentile is not None:
             _check(50 <= self.max_length_percentile <= 100, "model.max_length_percentile", "a number in [50, 100]", self.max_length_percentile)
+        _check(self.truncation in ("head", "head_tail"), "model.truncation", "head or head_tail", self.truncation)
         if self.dropout is not None:
             _check(0 <= self.dropout < 1, "model.dropout", "a number in [0, 1) or null", self.dropout)
         _check(self.attn_implementation in ("auto", "eager", "sdpa"), "model.attn_implementation", "auto, eager or sdpa", self.attn_implementation)

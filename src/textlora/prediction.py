@@ -63,7 +63,7 @@ class Classifier(_Loaded):
         self.max_length = self.config.model.max_length
 
     def logits(self, texts: list, progress: bool = False) -> np.ndarray:
-        encoded = encode_texts(self.tokenizer, texts, self.max_length)
+        encoded = encode_texts(self.tokenizer, texts, self.max_length, self.config.model.truncation)
         return predict_logits(
             self.model, encoded, self.tokenizer.pad_token_id or 0, batch_size=self.batch_size, precision=self.precision, device=self.device, progress=progress
         )
@@ -88,7 +88,7 @@ class OnnxClassifier(_Loaded):
         def forward(ids, mask):
             return self.session.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
 
-        encoded = encode_texts(self.tokenizer, texts, self.max_length)
+        encoded = encode_texts(self.tokenizer, texts, self.max_length, self.config.model.truncation)
         return batched_logits(encoded, self.tokenizer.pad_token_id or 0, self.batch_size, forward, progress)
 
 

@@ -19,17 +19,46 @@ BATCH_SIZE = 32  # texts per forward pass at inference (evaluate, predict, pseud
 PAD_MULTIPLE = 8  # pad batches to a multiple of this: fewer distinct shapes, friendlier kernels
 
 
-def encode_texts(tokenizer, texts: list, max_length: int) -> list[list[int]]:
+TRUNCATIONS = ("head", "head_tail")
+HEAD_SHARE = 0.25  # head_tail: the share of the token budget kept from the start; the rest comes from the end
+
+
+def encode_texts(tokenizer, texts: list, max_length: int, truncation: str = "head") -> list[list[int]]:
     """Token ids per text, truncated to ``max_length``, unpadded.
 
-    A (text, pair text) tuple is tokenized as a pair ([CLS] a [SEP] b [SEP] for BERT), the longer
-    side truncated first. Batches carry input ids and the attention mask only, so token type ids
-    stay 0 in training and at prediction alike (and in ONNX exports).
+    ``truncation``: ``head`` keeps the start of a text that is too long; ``head_tail`` keeps its
+    first quarter and its end (where reviews often give their verdict), the model's special tokens
+    around them. A (text, pair text) tuple is tokenized as a pair ([CLS] a [SEP] b [SEP] for BERT),
+    the longer side truncated first, whatever ``truncation`` says. Batches carry input ids and the
+    attention mask only, so token type ids stay 0 in training and at prediction alike (and in ONNX
+    exports).
     """
+    if truncation not in TRUNCATIONS:
+        raise UserError(f"model.truncation: expected one of {', '.join(TRUNCATIONS)}, got {truncation!r}")
     texts = list(texts)
     if texts and isinstance(texts[0], tuple):
         return tokenizer([a for a, _ in texts], [b for _, b in texts], truncation="longest_first", max_length=max_length)["input_ids"]
-    return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    if truncation == "head":
+        return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    prefix, suffix = _special_tokens_around(tokenizer)
+    budget = max(max_length - prefix - suffix, 1)
+    head = int(budget * HEAD_SHARE)
+    out = []
+    for ids in tokenizer(texts)["input_ids"]:
+        if len(ids) > prefix + budget + suffix:
+            ids = ids[: prefix + head] + ids[len(ids) - (budget - head) - suffix :]
+        out.append(ids)
+    return out
+
+
+def _special_tokens_around(tokenizer) -> tuple[int, int]:
+    """How many special tokens the tokenizer puts before and after a single text's tokens."""
+    full = tokenizer("a")["input_ids"]
+    body = tokenizer("a", add_special_tokens=False)["input_ids"]
+    for start in range(len(full) - len(body) + 1):
+        if full[start : start + len(body)] == body:
+            return start, len(full) - start - len(body)
+    return 0, 0
 
 
 def pad_batch(seqs: list[list[int]], pad_id: int):

@@ -219,10 +219,10 @@ def _setup_data(s: Session) -> None:
             raise UserError(f"--resume {s.resume}: checkpoint {s.ckpt.name} was made with a different config ({'; '.join(diffs[:3])})")
     s.tokenizer = load_tokenizer(s.config.model.name)
     s.pad_id = s.tokenizer.pad_token_id if s.tokenizer.pad_token_id is not None else 0
-    max_length = s.config.model.max_length
-    s.train_enc = encode_texts(s.tokenizer, s.splits.train_texts, max_length)
-    s.val_enc = encode_texts(s.tokenizer, s.splits.val_texts, max_length)
-    s.sets_enc = {name: (encode_texts(s.tokenizer, texts, max_length), labels) for name, (texts, labels) in s.splits.eval_sets.items()}
+    max_length, truncation = s.config.model.max_length, s.config.model.truncation
+    s.train_enc = encode_texts(s.tokenizer, s.splits.train_texts, max_length, truncation)
+    s.val_enc = encode_texts(s.tokenizer, s.splits.val_texts, max_length, truncation)
+    s.sets_enc = {name: (encode_texts(s.tokenizer, texts, max_length, truncation), labels) for name, (texts, labels) in s.splits.eval_sets.items()}
     s.lengths = np.array([len(ids) for ids in s.train_enc])
 
 
