@@ -279,6 +279,9 @@ def _check_inputs(r: _Run) -> None:
     if missing:
         raise UserError(f"{cfg.data.train}: class '{missing[0]}' has no rows")
     r.target_texts = read_texts(r.config.target.texts, r.config.target.text_column, None, require_labels=False).texts
+    from textlora.models import resolve_model_path
+
+    resolve_model_path(cfg.model.name)  # an alias whose package is missing is one line now, not after adaptation
     mode = r.config.synthetic.prompts
     if r.config.synthetic.enabled and mode not in PROMPT_MODES:
         from textlora.augment.generate import read_prompts
