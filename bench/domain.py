@@ -10,7 +10,12 @@ texts). Variants change one thing each:
 - `source-only`: no synthetic rows (`--synthetic.enabled false`): the same classifier on the source rows;
 - `instruct`, `source`, `labelled`: the automatic prompt modes (`--synthetic.prompts MODE`);
 - `file`: the config's own prompt setting (AG News: the hand-written prompt file);
-- `instruct+st`: instruct plus one self-training round.
+- `instruct+st`: instruct plus one self-training round;
+- `source-only+ht`, `instruct+ht`: those two with `--model.truncation head_tail` (a long text keeps its
+  first quarter and its end); measured in session 9 while the DVD config truncated at the head
+  (commit 1f61994). The config now keeps head and tail, so they equal the plain variants there.
+
+`--set KEY VALUE --tag TAG` adds one more override to every run (recorded as variant@TAG).
 
 Seeds change the classifier only (split, init, order): the adapted LM and the generated rows of a
 variant are shared across seeds, and the LM across variants that adapt alike (`--adapt.output_dir`,
@@ -44,8 +49,10 @@ VARIANTS = {
     "labelled": ["--synthetic.prompts", "labelled"],
     "file": [],
     "instruct+st": ["--synthetic.prompts", "instruct", "--self_training.rounds", "1"],
+    "source-only+ht": ["--synthetic.enabled", "false", "--model.truncation", "head_tail"],
+    "instruct+ht": ["--synthetic.prompts", "instruct", "--model.truncation", "head_tail"],
 }
-SHARED = {"instruct+st": "instruct"}  # variants that generate exactly what another one does
+SHARED = {"instruct+st": "instruct", "instruct+ht": "instruct"}  # variants that generate exactly what another one does
 
 
 def selection(run: Path) -> dict:
@@ -60,12 +67,13 @@ def selection(run: Path) -> dict:
     return out
 
 
-def run_one(task: str, variant: str, seed: int) -> dict:
-    out = WORK / f"{task}-{variant}-s{seed}"
+def run_one(task: str, variant: str, seed: int, extra: list[str], tag: str) -> dict:
+    name = f"{variant}@{tag}" if tag else variant
+    out = WORK / f"{task}-{name}-s{seed}"
     share = WORK / f"{task}-{SHARED.get(variant, variant)}-shared"
     lm = WORK / f"{task}-lm-{'labelled' if variant == 'labelled' else 'target'}"  # only label-conditioned adaptation differs
-    argv = [sys.executable, "-m", "textlora", "pipeline", "--config", TASKS[task], "--output_dir", str(out), "--seed", str(seed), *VARIANTS[variant]]
-    if variant != "source-only":
+    argv = [sys.executable, "-m", "textlora", "pipeline", "--config", TASKS[task], "--output_dir", str(out), "--seed", str(seed), *VARIANTS[variant], *extra]
+    if not variant.startswith("source-only"):
         argv += ["--adapt.output_dir", str(lm), "--generate.output", str(share / "rows.csv")]
     t0 = time.perf_counter()
     subprocess.run(argv, cwd=ROOT, check=True)
@@ -73,7 +81,8 @@ def run_one(task: str, variant: str, seed: int) -> dict:
     target = summary["metrics"]["target"]
     record = {
         "task": task,
-        "variant": variant,
+        "variant": name,
+        "overrides": extra,
         "seed": seed,
         "dev": summary["metrics"]["dev"]["accuracy"],
         "target": target["accuracy"],
@@ -93,16 +102,23 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=["dvd"], choices=sorted(TASKS))
     ap.add_argument("--variants", nargs="+", default=["source-only", "instruct"], choices=list(VARIANTS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[42, 43])
+    ap.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="one more pipeline override for every run, e.g. --set train.learning_rate 2e-3")
+    ap.add_argument("--tag", default="", help="names the runs of a --set (variant@TAG); required with --set")
     args = ap.parse_args()
+    if args.set and not args.tag:
+        ap.error("--set needs --tag, so that its runs are told apart from the plain variant's")
+    extra = [x for key, value in args.set for x in (f"--{key}", value)]
     machine = cpu()
     print(f"cpu: {machine}", flush=True)
     saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": []}
     for task in args.tasks:
         for variant in args.variants:
             for seed in args.seeds:
-                record = {**run_one(task, variant, seed), "cpu": machine}
+                record = {**run_one(task, variant, seed, extra, args.tag), "cpu": machine}
                 saved["runs"] = [
-                    r for r in saved["runs"] if (r["task"], r["variant"], r["seed"], r["cpu"]["model_name"]) != (task, variant, seed, machine.get("model_name"))
+                    r
+                    for r in saved["runs"]
+                    if (r["task"], r["variant"], r["seed"], r["cpu"]["model_name"]) != (task, record["variant"], seed, machine.get("model_name"))
                 ]
                 saved["runs"].append(record)
                 RESULTS.parent.mkdir(parents=True, exist_ok=True)
