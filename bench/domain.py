@@ -73,7 +73,7 @@ def run_one(task: str, variant: str, seed: int, extra: list[str], tag: str) -> d
     share = WORK / f"{task}-{SHARED.get(variant, variant)}-shared"
     lm = WORK / f"{task}-lm-{'labelled' if variant == 'labelled' else 'target'}"  # only label-conditioned adaptation differs
     argv = [sys.executable, "-m", "textlora", "pipeline", "--config", TASKS[task], "--output_dir", str(out), "--seed", str(seed), *VARIANTS[variant], *extra]
-    if not variant.startswith("source-only"):
+    if "--synthetic.enabled" not in VARIANTS[variant]:  # only source-only variants switch the synthetic rows off
         argv += ["--adapt.output_dir", str(lm), "--generate.output", str(share / "rows.csv")]
     t0 = time.perf_counter()
     subprocess.run(argv, cwd=ROOT, check=True)

@@ -270,6 +270,7 @@ def pipeline(config: PipelineConfig, overwrite: bool = False) -> dict:
 def _check_inputs(r: _Run) -> None:
     """Source and target files readable, every class with rows, eval sets labelled: before any stage runs."""
     from textlora.data import label_names_for, read_texts
+    from textlora.models import resolve_model_path
 
     cfg = r.source = config_from_dict(copy.deepcopy(r.config.classifier))
     src = read_texts(cfg.data.train, cfg.data.text_column, cfg.data.label_column)
@@ -279,8 +280,6 @@ def _check_inputs(r: _Run) -> None:
     if missing:
         raise UserError(f"{cfg.data.train}: class '{missing[0]}' has no rows")
     r.target_texts = read_texts(r.config.target.texts, r.config.target.text_column, None, require_labels=False).texts
-    from textlora.models import resolve_model_path
-
     resolve_model_path(cfg.model.name)  # an alias whose package is missing is one line now, not after adaptation
     mode = r.config.synthetic.prompts
     if r.config.synthetic.enabled and mode not in PROMPT_MODES:
