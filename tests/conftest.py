@@ -188,3 +188,15 @@ def roberta_base_shaped(num_labels: int = 4, vocab_size: int = 50265):
         num_labels=num_labels,
     )
     return RobertaForSequenceClassification(cfg)
+
+
+@pytest.fixture
+def task(tmp_path):
+    """A pipeline task: labelled source rows (string labels), unlabelled target texts (id, text) and a labelled target sample."""
+    make_texts(30, seed=1, names="str").to_csv(tmp_path / "source.csv", index=False)
+    target = make_texts(12, seed=3, names="str")
+    target[["text", "label"]].iloc[:9].to_csv(tmp_path / "target_test.csv", index=False)
+    unl = target.drop(columns=["label"])
+    unl.insert(0, "id", [f"t{i}" for i in range(len(unl))])
+    unl.to_csv(tmp_path / "target.csv", index=False)
+    return tmp_path

@@ -11,6 +11,10 @@ checkpoint):
    prompt file is given); each row's label is its class name.
 3. ``filter``: length, garbage and duplicates; then ``synthetic.dev_fraction`` of the kept rows
    are held out as the eval set ``synthetic`` (target-style rows the classifier never trains on).
+   Then the label check (``synthetic.check``, ``textlora.augment.check``): a bag-of-words probe
+   trained on the source rows and most generated rows predicts the rest; how far it falls below
+   its dev accuracy estimates the share of mislabelled rows, and above ``check_max_noise`` the
+   classifier trains on the source rows alone (the summary says so).
 4. ``train``: the classifier on the source rows plus the synthetic rows (the dev split comes from
    the source rows only), evaluated each epoch on dev and on every eval set.
 5. ``self-training`` rounds (optional): the last classifier pseudo-labels the target texts and a
@@ -64,9 +68,12 @@ class SyntheticConfig:
     source_words: int = 6  # source: words an opening
     dev_fraction: float = 0.1  # filtered rows held out as the eval set "synthetic" (never trained on); 0: none
     processes: int = 1  # generate under torchrun in this many processes (the same rows): e.g. one a GPU
+    check: bool = True  # the label check (textlora.augment.check): rows that look mislabelled are dropped
+    check_max_noise: float = 0.25  # dropped when the estimated share of mislabelled rows is above this
 
     def __post_init__(self) -> None:
         _check(0 <= self.dev_fraction < 1, "synthetic.dev_fraction", "a number in [0, 1)", self.dev_fraction)
+        _check(0 <= self.check_max_noise <= 1, "synthetic.check_max_noise", "a number in [0, 1]", self.check_max_noise)
         _check(type(self.processes) is int and self.processes >= 1, "synthetic.processes", "an integer >= 1", self.processes)
         _check(self.source_prompts >= 1, "synthetic.source_prompts", "an integer >= 1", self.source_prompts)
         _check(self.source_words >= 1, "synthetic.source_words", "an integer >= 1", self.source_words)
@@ -317,16 +324,21 @@ def _adapt(r: _Run) -> None:
     r.stages.finish("adapt", key, t0, rows=m.get("target_texts", m["train_texts"]), note=note)
 
 
-def _source_split_file(r: _Run) -> Path:
-    """The source training split (the dev split left out) as text + label name: what prompts and labelled adaptation may see."""
-    import pandas as pd
-
+def _source_splits(r: _Run):
+    """The classifier's own split of the source rows (textlora.data.Splits), without extra rows or eval sets."""
     from textlora.data import load_splits
 
     cfg = copy.deepcopy(r.source)
     cfg.data.extra_train = []
     cfg.data.eval_sets = {}
-    splits = load_splits(cfg.data, cfg.seed)
+    return load_splits(cfg.data, cfg.seed)
+
+
+def _source_split_file(r: _Run) -> Path:
+    """The source training split (the dev split left out) as text + label name: what prompts and labelled adaptation may see."""
+    import pandas as pd
+
+    splits = _source_splits(r)
     path = r.out / "source_train_split.csv"
     pd.DataFrame({"text": splits.train_texts, "label": [splits.label_names[k] for k in splits.train_labels]}).to_csv(path, index=False)
     return path
@@ -450,7 +462,8 @@ def _filter(r: _Run) -> None:
     settings = {"output": str(filtered), **r.config.filter}
     settings |= {"input": str(r.generated), "real": cfg.data.train, "text_column": "text", "label_column": "label"}
     fcfg = _build(FilterConfig, settings, "filter.")
-    split = {"dev_fraction": r.config.synthetic.dev_fraction, "seed": cfg.seed}
+    syn = r.config.synthetic
+    split = {"dev_fraction": syn.dev_fraction, "seed": cfg.seed, "check": syn.check, "check_max_noise": syn.check_max_noise}
     key = fingerprint({**asdict(fcfg), **split}, [fcfg.input, fcfg.real, fcfg.classifier], paths=("input", "output", "real", "classifier"))
     train_file, dev_file = r.out / "synthetic" / "train.csv", r.out / "synthetic" / "heldout.csv"
     cached = r.stages.done("filter", key)
@@ -458,16 +471,31 @@ def _filter(r: _Run) -> None:
         t0 = r.stages.start("filter", key)
         filter_rows(fcfg, overwrite=True)
         report = json.loads(filtered.with_suffix(".report.json").read_text())
-        n_train, n_dev = _split_synthetic(filtered, train_file, dev_file, r.config.synthetic.dev_fraction, cfg.seed)
+        n_train, n_dev = _split_synthetic(filtered, train_file, dev_file, syn.dev_fraction, cfg.seed)
         empty = [n for n in r.label_names if report["rows_out_per_class"].get(n, 0) == 0]
         note = f"{report['rows_in']:,} in; {n_train:,} train, {n_dev:,} held out as eval set '{SYNTHETIC_SET}'"
-        cached = r.stages.finish("filter", key, t0, rows=report["rows_out"], note=note, classes_with_no_rows=empty, n_dev=n_dev)
+        check = _label_check(r, train_file) if syn.check else None
+        if check and "skipped" not in check:
+            verdict = "kept" if check["passed"] else "dropped"
+            note += f"; label check: probe dev {check['dev']:.3f}, held-out rows {check['heldout']:.3f}, ~{check['noise']:.0%} mislabelled -> rows {verdict}"
+        cached = r.stages.finish("filter", key, t0, rows=report["rows_out"], note=note, classes_with_no_rows=empty, n_dev=n_dev, check=check)
     else:
         r.stages.report("filter", cached, cached=True)
     for name in cached.get("classes_with_no_rows", []):
         r.notes.append(f"class '{name}' has no synthetic rows after filtering; the classifier trains without synthetic rows of it")
         print(f"warning: {r.notes[-1]}", flush=True)
-    r.extra_train.append(str(train_file))
+    check = cached.get("check") or {}
+    if "skipped" in check:
+        r.notes.append(f"label check skipped: {check['skipped']}")
+    if check.get("passed") is False:
+        r.notes.append(
+            f"the generated rows failed the label check: a bag-of-words probe predicts {check['heldout']:.1%} of held-out generated rows "
+            f"against {check['dev']:.1%} of the dev split, so ~{check['noise']:.0%} of them look mislabelled (synthetic.check_max_noise: "
+            f"{check['max_noise']}); the classifier trains on the source rows alone (synthetic.check: false keeps the rows)"
+        )
+        print(f"warning: {r.notes[-1]}", flush=True)
+    else:
+        r.extra_train.append(str(train_file))
     if cached.get("n_dev"):
         r.eval_sets[SYNTHETIC_SET] = str(dev_file)
 
@@ -487,6 +515,25 @@ def _split_synthetic(filtered: Path, train_file: Path, dev_file: Path, fraction:
     df.drop(index=dev.index).to_csv(train_file, index=False)
     dev.to_csv(dev_file, index=False)
     return len(df) - len(dev), len(dev)
+
+
+def _label_check(r: _Run, train_file: Path) -> dict:
+    """The label check on the rows the classifier would train on (textlora.augment.check)."""
+    import pandas as pd
+
+    from textlora.augment.check import MIN_ROWS, label_check
+
+    cfg = r.source
+    if cfg.data.multi_label or cfg.data.text_pair_column:
+        return {"skipped": "it checks single-label, single-text rows"}
+    rows = pd.read_csv(train_file, keep_default_na=False, dtype={"label": str})
+    if len(rows) < MIN_ROWS:
+        return {"skipped": f"{len(rows)} generated rows to train on, fewer than the {MIN_ROWS} it needs"}
+    splits = _source_splits(r)
+    names = splits.label_names
+    source = (splits.train_texts, [names[k] for k in splits.train_labels])
+    dev = (splits.val_texts, [names[k] for k in splits.val_labels])
+    return label_check(source, dev, (rows["text"].tolist(), rows["label"].tolist()), r.config.synthetic.check_max_noise, seed=cfg.seed)
 
 
 def _classifier_config(r: _Run, output_dir: Path, extra_train: list[str]):
