@@ -15,7 +15,11 @@ texts). Variants change one thing each:
   first quarter and its end); measured in session 9 while the DVD config truncated at the head
   (commit 1f61994). The config now keeps head and tail, so they equal the plain variants there.
 
-`--set KEY VALUE --tag TAG` adds one more override to every run (recorded as variant@TAG).
+`--set KEY VALUE --tag TAG` adds one more override to every run (recorded as variant@TAG). Since
+session 10 the pipeline drops generated rows that fail its label check (`synthetic.check`), so a
+prompt mode whose rows fail trains on the source rows alone; `--set synthetic.check false --tag
+unchecked` measures the rows themselves, as every run before session 10 did. Each record says what
+the check found (`label_check`).
 
 Seeds change the classifier only (split, init, order): the adapted LM and the generated rows of a
 variant are shared across seeds, and the LM across variants that adapt alike (`--adapt.output_dir`,
@@ -91,6 +95,7 @@ def run_one(task: str, variant: str, seed: int, extra: list[str], tag: str) -> d
         "wall_s": round(time.perf_counter() - t0, 1),
         "stages": {s["stage"]: {"seconds": s.get("seconds"), "cached": s["cached"], "rows": s.get("rows")} for s in summary["stages"]},
         "selection": selection(out / "classifier"),
+        "label_check": json.loads((out / "stages.json").read_text()).get("filter", {}).get("check"),
         "when": time.strftime("%Y-%m-%d %H:%M"),
     }
     print(json.dumps(record), flush=True)
