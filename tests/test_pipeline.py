@@ -193,6 +193,7 @@ def test_pipeline_bad_input_is_one_line(task, tiny_bert, tiny_gpt2, capsys):
     bad({**base, "adapt": {**base["adapt"], "texts": "x.csv"}}, "adapt.texts: set by the pipeline")
     bad({**base, "bogus": 1}, "unknown key 'bogus'")
     bad({**base, "synthetic": {**base["synthetic"], "processes": 0}}, "synthetic.processes: expected an integer >= 1, found 0")
+    bad({**base, "synthetic": {**base["synthetic"], "check_max_noise": 2}}, "synthetic.check_max_noise: expected a number in [0, 1], found 2")
     assert not (task / "out" / "predictions.csv").exists()
 
 
