@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from textlora.errors import UserError
+from textlora.runtime import TRUNCATIONS
 
 
 @dataclass
@@ -40,7 +41,7 @@ class ModelConfig:
         )
         if self.max_length_percentile is not None:
             _check(50 <= self.max_length_percentile <= 100, "model.max_length_percentile", "a number in [50, 100]", self.max_length_percentile)
-        _check(self.truncation in ("head", "head_tail"), "model.truncation", "head or head_tail", self.truncation)
+        _check(self.truncation in TRUNCATIONS, "model.truncation", " or ".join(TRUNCATIONS), self.truncation)
         if self.dropout is not None:
             _check(0 <= self.dropout < 1, "model.dropout", "a number in [0, 1) or null", self.dropout)
         _check(self.attn_implementation in ("auto", "eager", "sdpa"), "model.attn_implementation", "auto, eager or sdpa", self.attn_implementation)

@@ -218,6 +218,7 @@ class _Run:
     notes: list[str] = field(default_factory=list)  # what the summary must say (e.g. a class with no synthetic rows)
     target_texts: list = field(default_factory=list)  # the unlabelled target texts, read once
     source: object = None  # the classifier's config as the user wrote it (textlora.config.Config), read once
+    splits: object = None  # its split of the source rows alone (textlora.data.Splits), made once by _source_splits
     lm: Path | None = None  # the adapted LM folder
     generated: Path | None = None  # the generated rows
 
@@ -325,13 +326,15 @@ def _adapt(r: _Run) -> None:
 
 
 def _source_splits(r: _Run):
-    """The classifier's own split of the source rows (textlora.data.Splits), without extra rows or eval sets."""
+    """The classifier's own split of the source rows (textlora.data.Splits), without extra rows or eval sets; read once a run."""
     from textlora.data import load_splits
 
-    cfg = copy.deepcopy(r.source)
-    cfg.data.extra_train = []
-    cfg.data.eval_sets = {}
-    return load_splits(cfg.data, cfg.seed)
+    if r.splits is None:
+        cfg = copy.deepcopy(r.source)
+        cfg.data.extra_train = []
+        cfg.data.eval_sets = {}
+        r.splits = load_splits(cfg.data, cfg.seed)
+    return r.splits
 
 
 def _source_split_file(r: _Run) -> Path:

@@ -58,10 +58,9 @@ class Probe:
             rows.append(np.full(len(idx), i))
             cols.append(idx)
             vals.append(w / np.linalg.norm(w))
-        if not rows:
-            return torch.zeros(len(texts), len(self.vocab)).to_sparse()
-        index = torch.from_numpy(np.stack([np.concatenate(rows), np.concatenate(cols)]))
-        return torch.sparse_coo_tensor(index, torch.from_numpy(np.concatenate(vals)).float(), (len(texts), len(self.vocab)), check_invariants=False).coalesce()
+        rows, cols, vals = (np.concatenate(a) if a else np.empty(0) for a in (rows, cols, vals))
+        index = torch.from_numpy(np.stack([rows, cols]).astype(np.int64))
+        return torch.sparse_coo_tensor(index, torch.from_numpy(vals).float(), (len(texts), len(self.vocab)), check_invariants=False).coalesce()
 
     def fit(self, texts: list[str], labels: list[str]) -> Probe:
         import torch
