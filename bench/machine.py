@@ -1,5 +1,8 @@
 """What every benchmark records beside its figures: the CPU (lscpu's model name and the flags that
-decide speed here), torch's CPU capability and the cores this process may use."""
+decide speed here), torch's CPU capability and the cores this process may use.
+
+    python bench/machine.py    # the same, plus fp32 and bf16 matmul GFLOP/s at this project's shapes
+"""
 
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ def cpu() -> dict:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
         fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
         info["model_name"] = fields.get("Model name", "").strip()
+        # "AMD EPYC" names several generations: family 25 model 17 (Zen 4) and family 26 model 2 (Zen 5) were both lent
+        info["family_model"] = f"{fields.get('CPU family', '').strip()}/{fields.get('Model', '').strip()}"
         info["flags"] = [f for f in fields.get("Flags", "").split() if f.startswith(SPEED_FLAGS)]
     except OSError:
         pass
@@ -26,3 +31,37 @@ def cpu() -> dict:
     # set by hand to make an AVX-512 machine run torch's and oneDNN's AVX2 code (fbgemm's int8 kernels still see AVX-512)
     info["isa_caps"] = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS") if k in os.environ}
     return info
+
+
+# The matmul shapes of this project's hot loops: MiniLM training (4096 tokens x 384 -> 1536) and
+# SmolLM2 decoding (256 rows x 576 -> 1536, and its 49,152-token lm_head).
+SHAPES = ((4096, 384, 1536), (256, 576, 1536), (256, 576, 49152))
+
+
+def matmul_rates(repeats: int = 20) -> dict:
+    """GFLOP/s of one matmul at each of SHAPES, in fp32 and bf16, at this process's threads.
+
+    Two machines that report the same CPU capability can differ by 2x here (sessions 10 and 11:
+    AVX-512 bf16 EPYCs of two generations), which is what moves every stage's seconds."""
+    import time
+
+    import torch
+
+    out = {}
+    for m, k, n in SHAPES:
+        for dtype in (torch.float32, torch.bfloat16):
+            a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+            for _ in range(3):
+                a @ b
+            start = time.perf_counter()
+            for _ in range(repeats):
+                a @ b
+            seconds = (time.perf_counter() - start) / repeats
+            out[f"{m}x{k}x{n} {str(dtype).removeprefix('torch.')}"] = round(2 * m * k * n / seconds / 1e9, 1)
+    return out
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps({**cpu(), "matmul_gflops": matmul_rates()}, indent=1))
