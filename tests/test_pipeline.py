@@ -60,6 +60,12 @@ def test_pipeline_runs_caches_and_resumes_a_killed_run_at_its_stage(task, tiny_b
     assert list(pred.columns) == ["ID", "Label"] and pred["ID"].tolist() == [f"t{i}" for i in range(36)]
     summary = json.loads((root / "pipeline.json").read_text())
     assert set(summary["metrics"]) == {"dev", "target", "synthetic"} and summary["metrics"]["target"]["n"] == 9
+    import torch
+
+    # every run's figures say which machine made them: "AMD EPYC" alone named two CPUs 2x apart in speed
+    machine = summary["machine"]
+    assert machine["torch_capability"] == torch.backends.cpu.get_cpu_capability() and machine["threads"] == torch.get_num_threads()
+    assert f"machine: {machine['cpu']}" in out and machine["cpu"]
     rows = pd.read_csv(root / "synthetic" / "rows.csv", keep_default_na=False)
     assert set(rows["label"]) == {"sports", "business", "science"}  # labels are class names
     held, trained = pd.read_csv(root / "synthetic" / "heldout.csv"), pd.read_csv(root / "synthetic" / "train.csv")

@@ -241,6 +241,7 @@ def pipeline(config: PipelineConfig, overwrite: bool = False) -> dict:
         The summary: stages, the final run, the predictions file and the final metrics.
     """
     from textlora.fsutil import hold_lock
+    from textlora.runtime import machine
 
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -266,6 +267,7 @@ def pipeline(config: PipelineConfig, overwrite: bool = False) -> dict:
         "stages": r.stages.summary,
         "metrics": metrics,
         "notes": r.notes,
+        "machine": machine(),
     }
     (out / "pipeline.json").write_text(json.dumps(summary, indent=2))
     print(format_summary(summary))
@@ -673,6 +675,8 @@ def format_summary(summary: dict) -> str:
     final = summary["metrics"]
     lines.append("final run: " + ", ".join(f"{n} accuracy {m['accuracy']:.4f} (n={m['n']})" for n, m in final.items()))
     lines += [f"note: {n}" for n in summary["notes"]]
+    m = summary["machine"]
+    lines.append(f"machine: {m['cpu']}, torch {m['torch_capability']}, {m['threads']} threads, {m['device']}")
     if any(s["cached"] for s in summary["stages"]):
         lines.append("* cached: the seconds it took when it ran")
     return "\n".join(lines)

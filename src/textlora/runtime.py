@@ -104,6 +104,36 @@ def default_device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def machine() -> dict:
+    """What a run's figures were measured on: the CPU as the kernel names it (with its family and
+    model: "AMD EPYC" names several generations), torch's CPU capability, threads and device."""
+    import platform
+
+    import torch
+
+    fields = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields:
+        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    device = default_device()
+    return {
+        "cpu": name,
+        "torch_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+        "torch": torch.__version__,
+    }
+
+
 def sorted_batches(lengths: list[int] | np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Index batches, longest texts first, so that each batch holds texts of similar length."""
     order = np.argsort(-np.asarray(lengths), kind="stable")
