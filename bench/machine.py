@@ -41,8 +41,8 @@ SHAPES = ((4096, 384, 1536), (256, 576, 1536), (256, 576, 49152))
 def matmul_rates(repeats: int = 20) -> dict:
     """GFLOP/s of one matmul at each of SHAPES, in fp32 and bf16, at this process's threads.
 
-    Two machines that report the same CPU capability can differ by 2x here (sessions 10 and 11:
-    AVX-512 bf16 EPYCs of two generations), which is what moves every stage's seconds."""
+    Two machines that report the same CPU capability can differ by 2x in every stage's seconds
+    (sessions 10 and 11: AVX-512 bf16 EPYCs of two generations); these rates say which one ran."""
     import time
 
     import torch
