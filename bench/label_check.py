@@ -32,8 +32,7 @@ def main() -> None:
 
     from textlora.augment.check import label_check
     from textlora.config import config_from_dict
-    from textlora.data import load_splits
-    from textlora.pipeline import SyntheticConfig, load_pipeline_config
+    from textlora.pipeline import SyntheticConfig, load_pipeline_config, source_splits
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", required=True, choices=sorted(TASKS))
@@ -47,9 +46,8 @@ def main() -> None:
     saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": []}
     for seed in args.seeds:
         cfg = config_from_dict(copy.deepcopy(load_pipeline_config(str(ROOT / TASKS[args.task])).classifier))
-        cfg.data.extra_train, cfg.data.eval_sets = [], {}
         cfg.data.train = str((ROOT / cfg.data.train).resolve()) if not Path(cfg.data.train).is_absolute() else cfg.data.train
-        splits = load_splits(cfg.data, seed)
+        splits = source_splits(cfg, seed)
         names = splits.label_names
         t0 = time.perf_counter()
         r = label_check(

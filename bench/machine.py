@@ -16,16 +16,18 @@ SPEED_FLAGS = ("avx512_bf16", "amx", "avx512f", "avx2", "avx_vnni", "avx512_vnni
 def cpu() -> dict:
     import torch
 
+    from textlora.runtime import machine
+
     info = {"platform": platform.platform()}
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
         fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
         info["model_name"] = fields.get("Model name", "").strip()
-        # "AMD EPYC" names several generations: family 25 model 17 (Zen 4) and family 26 model 2 (Zen 5) were both lent
-        info["family_model"] = f"{fields.get('CPU family', '').strip()}/{fields.get('Model', '').strip()}"
         info["flags"] = [f for f in fields.get("Flags", "").split() if f.startswith(SPEED_FLAGS)]
     except OSError:
         pass
+    # with family and model, as every pipeline run records it: "AMD EPYC" names Zen 4 and Zen 5 alike
+    info["cpu"] = machine()["cpu"]
     info["torch_capability"] = torch.backends.cpu.get_cpu_capability()
     info["cores"] = len(os.sched_getaffinity(0))
     # set by hand to make an AVX-512 machine run torch's and oneDNN's AVX2 code (fbgemm's int8 kernels still see AVX-512)

@@ -327,15 +327,21 @@ def _adapt(r: _Run) -> None:
     r.stages.finish("adapt", key, t0, rows=m.get("target_texts", m["train_texts"]), note=note)
 
 
-def _source_splits(r: _Run):
-    """The classifier's own split of the source rows (textlora.data.Splits), without extra rows or eval sets; read once a run."""
+def source_splits(source, seed: int | None = None):
+    """The split of the source rows alone (textlora.data.Splits) that a classifier config makes at
+    ``seed`` (default: its own): no extra rows, no eval sets."""
     from textlora.data import load_splits
 
+    cfg = copy.deepcopy(source)
+    cfg.data.extra_train = []
+    cfg.data.eval_sets = {}
+    return load_splits(cfg.data, cfg.seed if seed is None else seed)
+
+
+def _source_splits(r: _Run):
+    """The classifier's own split of the source rows; read once a run."""
     if r.splits is None:
-        cfg = copy.deepcopy(r.source)
-        cfg.data.extra_train = []
-        cfg.data.eval_sets = {}
-        r.splits = load_splits(cfg.data, cfg.seed)
+        r.splits = source_splits(r.source)
     return r.splits
 
 
