@@ -1,0 +1,133 @@
+"""How far a labelled target sample can tell runs apart when some of its texts are near-copies.
+
+    python bench/target_clusters.py --eval ../shared/data/agnews/target_dev_labelled.csv \
+        --runs main=runs/agnews-target/classifier lr2e-3=runs/ag-alr2e3-s42/classifier --baseline main
+
+A machine-written target set can hold templates: near-identical texts that a classifier labels as
+a block, so they move together from one run to the next. The binomial standard error counts them
+as independent rows and understates how far the accuracy moves. This script groups the eval texts
+by word and word-pair TF-IDF cosine (texts joined when the cosine is >= --threshold; groups are the
+connected components), predicts the eval file with each run, and prints for each run: accuracy, the
+binomial SE, the cluster-robust SE (each group one unit), the accuracy on grouped and on
+ungrouped texts, and the difference to the baseline run with its paired cluster-robust SE. Labels
+only measure here; nothing is chosen by them. Results are appended to
+bench/results/target_clusters.json with the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from machine import cpu  # bench/machine.py
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+RESULTS = ROOT / "bench" / "results" / "target_clusters.json"
+
+
+def groups(texts: list[str], threshold: float) -> np.ndarray:
+    """A group index per text: connected components of TF-IDF cosine >= threshold."""
+    from scipy.sparse.csgraph import connected_components
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    x = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit_transform(texts)
+    _, labels = connected_components((x @ x.T) >= threshold, directed=False)
+    return labels
+
+
+def cluster_se(values: np.ndarray, g: np.ndarray) -> float:
+    """Cluster-robust standard error of the mean of ``values`` (one unit per group)."""
+    n, mean = len(values), values.mean()
+    sums = np.bincount(g, weights=values - mean)
+    k = len(np.unique(g))
+    return float(np.sqrt(k / (k - 1) * np.sum(sums**2)) / n)
+
+
+def run_names(run: Path) -> list[str]:
+    return json.loads((run / "labels.json").read_text())
+
+
+def predictions(run: Path, eval_file: str, text_column: str) -> list[str]:
+    import pandas as pd
+
+    from textlora.prediction import predict
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = predict(str(run), data=eval_file, output=str(Path(tmp) / "p.csv"), text_column=text_column, with_names=True)
+        return pd.read_csv(out)["LabelName"].astype(str).tolist()
+
+
+def main() -> None:
+    import pandas as pd
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--eval", required=True, help="a labelled target file (text and label columns)")
+    ap.add_argument("--runs", nargs="+", required=True, help="NAME=RUN_DIR (a classifier run directory)")
+    ap.add_argument("--baseline", help="the NAME the others are compared with (default: the first)")
+    ap.add_argument("--threshold", type=float, default=0.3, help="TF-IDF cosine at which two texts are one group")
+    ap.add_argument("--text-column", default="text")
+    ap.add_argument("--label-column", default="label")
+    args = ap.parse_args()
+
+    runs = {}
+    for spec in args.runs:
+        name, sep, path = spec.partition("=")
+        if not sep or not (Path(path) / "textlora.json").is_file():
+            sys.exit(f"target_clusters.py: --runs {spec!r}: want NAME=RUN_DIR, a folder written by textlora train")
+        runs[name] = Path(path)
+    baseline = args.baseline or next(iter(runs))
+    if baseline not in runs:
+        sys.exit(f"target_clusters.py: --baseline {baseline!r} is not one of --runs")
+
+    data = pd.read_csv(args.eval)
+    texts = data[args.text_column].astype(str).tolist()
+    g = groups(texts, args.threshold)
+    sizes = np.bincount(g)
+    grouped = sizes[g] > 1
+    print(f"{args.eval}: {len(texts)} texts, {len(sizes)} groups at cosine >= {args.threshold}; {int(grouped.sum())} texts in {int((sizes > 1).sum())} groups of 2 or more")
+    for c in np.flatnonzero(sizes > 1)[np.argsort(-sizes[sizes > 1])][:5]:
+        print(f"  group of {sizes[c]}: {texts[int(np.flatnonzero(g == c)[0])][:100]!r}")
+
+    names = run_names(runs[baseline])
+    gold = [names[int(v)] if str(v).isdigit() else str(v) for v in data[args.label_column]]
+    correct = {}
+    for name, run in runs.items():
+        pred = predictions(run, args.eval, args.text_column)
+        correct[name] = np.array([p == y for p, y in zip(pred, gold)], dtype=float)
+
+    rows = []
+    print(f"\n{'run':<16}{'accuracy':>9}{'SE':>7}{'cluster SE':>11}{'grouped':>9}{'others':>8}{'vs ' + baseline:>16}{'paired SE':>10}")
+    for name, c in correct.items():
+        n = len(c)
+        diff = c - correct[baseline]
+        row = {
+            "run": name,
+            "path": str(runs[name]),
+            "accuracy": round(float(c.mean()), 4),
+            "se": round(float(np.sqrt(c.mean() * (1 - c.mean()) / n)), 4),
+            "cluster_se": round(cluster_se(c, g), 4),
+            "grouped_right": f"{int(c[grouped].sum())}/{int(grouped.sum())}",
+            "others": round(float(c[~grouped].mean()), 4),
+            "diff": round(float(diff.mean()), 4),
+            "paired_cluster_se": round(cluster_se(diff, g), 4),
+        }
+        rows.append(row)
+        print(
+            f"{name:<16}{row['accuracy']:>9.4f}{row['se']:>7.4f}{row['cluster_se']:>11.4f}{row['grouped_right']:>9}{row['others']:>8.4f}"
+            f"{row['diff']:>+16.4f}{row['paired_cluster_se']:>10.4f}"
+        )
+    record = {"eval": args.eval, "threshold": args.threshold, "groups": int(len(sizes)), "grouped_texts": int(grouped.sum()), "runs": rows, "machine": cpu()}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
+    RESULTS.write_text(json.dumps([*old, record], indent=2) + "\n")
+    print(f"\nappended to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
