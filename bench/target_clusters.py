@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -49,18 +48,12 @@ def cluster_se(values: np.ndarray, g: np.ndarray) -> float:
     return float(np.sqrt(k / (k - 1) * np.sum(sums**2)) / n)
 
 
-def run_names(run: Path) -> list[str]:
-    return json.loads((run / "labels.json").read_text())
+def predicted_names(run, texts: list[str]) -> list[str]:
+    """The run's predicted class name for each text (loaded as `textlora predict` loads it, merged weights)."""
+    from textlora.prediction import load
 
-
-def predictions(run: Path, eval_file: str, text_column: str) -> list[str]:
-    import pandas as pd
-
-    from textlora.prediction import predict
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out = predict(str(run), data=eval_file, output=str(Path(tmp) / "p.csv"), text_column=text_column, with_names=True)
-        return pd.read_csv(out)["LabelName"].astype(str).tolist()
+    clf = load(run)
+    return [clf.label_names[k] for k in clf.predict_proba(texts).argmax(1)]
 
 
 def main() -> None:
@@ -75,12 +68,18 @@ def main() -> None:
     ap.add_argument("--label-column", default="label")
     args = ap.parse_args()
 
+    from textlora.errors import UserError
+    from textlora.run import open_run
+
     runs = {}
     for spec in args.runs:
         name, sep, path = spec.partition("=")
-        if not sep or not (Path(path) / "textlora.json").is_file():
+        if not sep:
             sys.exit(f"target_clusters.py: --runs {spec!r}: want NAME=RUN_DIR, a folder written by textlora train")
-        runs[name] = Path(path)
+        try:
+            runs[name] = open_run(path, flag="--runs")
+        except UserError as e:
+            sys.exit(f"target_clusters.py: {e}")
     baseline = args.baseline or next(iter(runs))
     if baseline not in runs:
         sys.exit(f"target_clusters.py: --baseline {baseline!r} is not one of --runs")
@@ -94,12 +93,11 @@ def main() -> None:
     for c in np.flatnonzero(sizes > 1)[np.argsort(-sizes[sizes > 1])][:5]:
         print(f"  group of {sizes[c]}: {texts[int(np.flatnonzero(g == c)[0])][:100]!r}")
 
-    names = run_names(runs[baseline])
+    names = runs[baseline].labels
     gold = [names[int(v)] if str(v).isdigit() else str(v) for v in data[args.label_column]]
     correct = {}
     for name, run in runs.items():
-        pred = predictions(run, args.eval, args.text_column)
-        correct[name] = np.array([p == y for p, y in zip(pred, gold)], dtype=float)
+        correct[name] = np.array([p == y for p, y in zip(predicted_names(run, texts), gold)], dtype=float)
 
     rows = []
     print(f"\n{'run':<16}{'accuracy':>9}{'SE':>7}{'cluster SE':>11}{'grouped':>9}{'others':>8}{'vs ' + baseline:>16}{'paired SE':>10}")
@@ -108,7 +106,7 @@ def main() -> None:
         diff = c - correct[baseline]
         row = {
             "run": name,
-            "path": str(runs[name]),
+            "path": str(runs[name].path),
             "accuracy": round(float(c.mean()), 4),
             "se": round(float(np.sqrt(c.mean() * (1 - c.mean()) / n)), 4),
             "cluster_se": round(cluster_se(c, g), 4),
