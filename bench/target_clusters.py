@@ -7,10 +7,11 @@ A machine-written target set can hold templates: near-identical texts that a cla
 a block, so they move together from one run to the next. The binomial standard error counts them
 as independent rows and understates how far the accuracy moves. This script groups the eval texts
 by word and word-pair TF-IDF cosine (texts joined when the cosine is >= --threshold; groups are the
-connected components), predicts the eval file with each run, and prints for each run: accuracy, the
-binomial SE, the cluster-robust SE (each group one unit), the accuracy on grouped and on
-ungrouped texts, and the difference to the baseline run with its paired cluster-robust SE. Labels
-only measure here; nothing is chosen by them. Results are appended to
+connected components: textlora.metrics.near_copy_groups, as `textlora evaluate` groups them for its
+SE), predicts the eval file with each run, and prints for each run: accuracy, the binomial SE, the
+cluster-robust SE (each group one unit), the accuracy on grouped and on ungrouped texts, and the
+difference to the baseline run with its paired cluster-robust SE. Labels only measure here;
+nothing is chosen by them. Results are appended to
 bench/results/target_clusters.json with the CPU.
 """
 
@@ -28,24 +29,6 @@ from machine import cpu  # bench/machine.py
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 RESULTS = ROOT / "bench" / "results" / "target_clusters.json"
-
-
-def groups(texts: list[str], threshold: float) -> np.ndarray:
-    """A group index per text: connected components of TF-IDF cosine >= threshold."""
-    from scipy.sparse.csgraph import connected_components
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    x = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit_transform(texts)
-    _, labels = connected_components((x @ x.T) >= threshold, directed=False)
-    return labels
-
-
-def cluster_se(values: np.ndarray, g: np.ndarray) -> float:
-    """Cluster-robust standard error of the mean of ``values`` (one unit per group)."""
-    n, mean = len(values), values.mean()
-    sums = np.bincount(g, weights=values - mean)
-    k = len(np.unique(g))
-    return float(np.sqrt(k / (k - 1) * np.sum(sums**2)) / n)
 
 
 def predicted_names(run, texts: list[str]) -> list[str]:
@@ -69,6 +52,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from textlora.errors import UserError
+    from textlora.metrics import accuracy_se, near_copy_groups
     from textlora.run import open_run
 
     runs = {}
@@ -86,10 +70,12 @@ def main() -> None:
 
     data = pd.read_csv(args.eval)
     texts = data[args.text_column].astype(str).tolist()
-    g = groups(texts, args.threshold)
+    g = near_copy_groups(texts, args.threshold)  # as `textlora evaluate` groups them for its SE
     sizes = np.bincount(g)
     grouped = sizes[g] > 1
-    print(f"{args.eval}: {len(texts)} texts, {len(sizes)} groups at cosine >= {args.threshold}; {int(grouped.sum())} texts in {int((sizes > 1).sum())} groups of 2 or more")
+    print(
+        f"{args.eval}: {len(texts)} texts, {len(sizes)} groups at cosine >= {args.threshold}; {int(grouped.sum())} texts in {int((sizes > 1).sum())} groups of 2 or more"
+    )
     for c in np.flatnonzero(sizes > 1)[np.argsort(-sizes[sizes > 1])][:5]:
         print(f"  group of {sizes[c]}: {texts[int(np.flatnonzero(g == c)[0])][:100]!r}")
 
@@ -109,11 +95,11 @@ def main() -> None:
             "path": str(runs[name].path),
             "accuracy": round(float(c.mean()), 4),
             "se": round(float(np.sqrt(c.mean() * (1 - c.mean()) / n)), 4),
-            "cluster_se": round(cluster_se(c, g), 4),
+            "cluster_se": round(accuracy_se(c, g), 4),
             "grouped_right": f"{int(c[grouped].sum())}/{int(grouped.sum())}",
             "others": round(float(c[~grouped].mean()), 4),
             "diff": round(float(diff.mean()), 4),
-            "paired_cluster_se": round(cluster_se(diff, g), 4),
+            "paired_cluster_se": round(accuracy_se(diff, g), 4),  # the SE of a mean, here of the paired differences
         }
         rows.append(row)
         print(

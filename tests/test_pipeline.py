@@ -61,6 +61,8 @@ def test_pipeline_runs_caches_and_resumes_a_killed_run_at_its_stage(task, tiny_b
     assert list(pred.columns) == ["ID", "Label"] and pred["ID"].tolist() == [f"t{i}" for i in range(36)]
     summary = json.loads((root / "pipeline.json").read_text())
     assert set(summary["metrics"]) == {"dev", "target", "synthetic"} and summary["metrics"]["target"]["n"] == 9
+    target = summary["metrics"]["target"]  # each accuracy with its standard error (near-copy texts one unit)
+    assert f"target accuracy {target['accuracy']:.4f} +- {target['accuracy_se']:.4f} (n=9" in out and target["near_copies"]["threshold"] == 0.3
     # every run's figures say which machine made them: "AMD EPYC" alone named two CPUs 2x apart in speed
     machine = summary["machine"]
     assert machine["torch_capability"] == torch.backends.cpu.get_cpu_capability() and machine["threads"] == torch.get_num_threads()

@@ -203,6 +203,93 @@ def test_metrics_match_scikit_learn(seed):
     assert [m["per_class"][n]["precision"] for n in "abcd"] == pytest.approx(p.tolist())
 
 
+DISTINCT = [
+    "The central bank raised interest rates by half a point on Tuesday",
+    "A late goal sent the home side through to the cup final",
+    "Researchers found water ice in craters near the lunar south pole",
+    "Oil prices fell after the cartel agreed to pump more crude",
+    "The veteran striker signed a two year contract with his old club",
+    "A new chip design doubles battery life in phones, its maker says",
+    "Shares of the retailer jumped after holiday sales beat forecasts",
+    "The marathon record fell by eleven seconds in Berlin this morning",
+    "Astronomers spotted a comet that will pass Earth next spring",
+    "The airline cut two thousand jobs as fuel costs kept rising",
+    "Rain delayed the tennis semifinal for three hours",
+    "A software flaw let hackers read private messages for months",
+]
+TEMPLATE = [
+    f"{c}'s Government Announces Plans to Build New {t} Across the Country"
+    for c, t in [("Kenya", "Schools"), ("Peru", "Roads"), ("Laos", "Hospitals"), ("Chad", "Ports"), ("Fiji", "Bridges"), ("Oman", "Dams")]
+]
+
+
+def _tfidf_components(texts, threshold):
+    """The reference: scikit-learn's TF-IDF (words and word pairs, sublinear tf), scipy's components."""
+    from scipy.sparse.csgraph import connected_components
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    x = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit_transform(texts)
+    return connected_components((x @ x.T) >= threshold, directed=False)[1]
+
+
+def _same_group(g):
+    g = np.asarray(g)
+    return g[:, None] == g[None, :]
+
+
+@pytest.mark.parametrize("threshold", [0.1, 0.3, 0.5])
+def test_near_copy_groups_are_the_tfidf_components_scikit_learn_gives(threshold):
+    from textlora.metrics import near_copy_groups
+
+    texts = DISTINCT + TEMPLATE + make_texts(8, seed=4)["text"].tolist() + ["", "a"]  # no words: a group of its own
+    got = near_copy_groups(texts, threshold)
+    assert got.shape == (len(texts),)
+    assert (_same_group(got) == _same_group(_tfidf_components(texts, threshold))).all()
+
+
+def test_accuracy_se_counts_a_group_of_near_copies_as_one_unit():
+    from textlora.metrics import accuracy_se, near_copy_groups
+
+    texts = DISTINCT + TEMPLATE
+    groups = near_copy_groups(texts)
+    assert len(set(groups[len(DISTINCT) :])) == 1 and len(set(groups)) == len(DISTINCT) + 1  # the template is one group
+    correct = np.array([1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 0] + [0] * len(TEMPLATE), dtype=float)
+    n, p = len(correct), correct.mean()
+    # every row its own unit: the sample standard error of a proportion
+    assert accuracy_se(correct) == pytest.approx(np.sqrt(p * (1 - p) / (n - 1)))
+    # cluster-robust: k units, each the sum of its rows' residuals
+    units = [correct[:12] - p] + [np.array([np.sum(correct[12:] - p)])]
+    residuals = np.concatenate(units)
+    k = len(residuals)
+    assert accuracy_se(correct, groups) == pytest.approx(np.sqrt(k / (k - 1) * np.sum(residuals**2)) / n)
+    assert accuracy_se(correct, groups) > 1.5 * accuracy_se(correct)  # six rows wrong together move the accuracy as one
+    assert accuracy_se(np.ones(5)) == 0.0 and np.isnan(accuracy_se(np.ones(1)))
+
+
+def test_evaluate_reports_the_accuracy_with_its_standard_error(trained, tmp_path, capsys):
+    from textlora.metrics import accuracy_se, near_copy_groups
+    from textlora.prediction import load
+
+    sample = make_texts(5, seed=12)
+    copies = pd.DataFrame({"text": [sample["text"][0] + " " + w for w in ("again", "more", "still", "too")], "label": sample["label"][0]})  # near-copies
+    sample = pd.concat([sample, copies], ignore_index=True)
+    path = tmp_path / "sample.csv"
+    sample.to_csv(path, index=False)
+    assert main(["evaluate", "--model", str(trained / "run"), "--data", str(path), "--output-dir", str(tmp_path / "ev")]) == 0
+    printed = capsys.readouterr().out
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    texts = sample["text"].tolist()
+    clf = load(str(trained / "run"))
+    correct = clf.predict_proba(texts).argmax(1) == sample["label"].to_numpy()
+    groups = near_copy_groups(texts)
+    assert len(set(groups[[0, -4, -3, -2, -1]])) == 1  # the text and its four copies
+    sizes = np.bincount(groups)
+    assert m["near_copies"] == {"groups": int((sizes > 1).sum()), "rows": int(sizes[sizes > 1].sum()), "threshold": 0.3}
+    assert m["accuracy_se"] == pytest.approx(accuracy_se(correct, groups))
+    assert f"accuracy  {m['accuracy']:.4f} +- {m['accuracy_se']:.4f} SE" in printed
+    assert f"{m['near_copies']['rows']} of {len(sample)} rows are near-copies in {m['near_copies']['groups']} group" in printed
+
+
 def test_model_card_names_the_dev_file_when_one_is_given(tmp_path, tiny_bert, data_dir):
     """With data.dev the dev rows come from that file, not from a stratified share of the training file."""
     rows = pd.read_csv(data_dir / "train.csv")

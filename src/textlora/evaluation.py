@@ -1,4 +1,5 @@
-"""The evaluate verb: a run's metrics on labelled files (see textlora.metrics), printed and saved with confusion matrices."""
+"""The evaluate verb: a run's metrics on labelled files (see textlora.metrics), with the accuracy's
+standard error (near-copy texts one unit), printed and saved with confusion matrices."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from textlora.errors import UserError
-from textlora.metrics import metrics_from_logits
+from textlora.metrics import metrics_from_logits, predicted, with_standard_error
 from textlora.runtime import BATCH_SIZE
 
 
@@ -41,8 +42,17 @@ def plot_confusion(metrics: dict, path) -> None:
 
 def format_metrics(metrics: dict) -> str:
     multi = "micro_f1" in metrics
+    se = f" +- {metrics['accuracy_se']:.4f} SE" if "accuracy_se" in metrics else ""
+    near = metrics.get("near_copies")
     lines = [
-        f"accuracy  {metrics['accuracy']:.4f}" + ("   (subset accuracy: every label of a row right)" if multi else ""),
+        f"accuracy  {metrics['accuracy']:.4f}{se}" + ("   (subset accuracy: every label of a row right)" if multi else ""),
+        *(
+            [
+                f"          ({near['rows']} of {metrics['n']} rows are near-copies in {near['groups']} group{'s' * (near['groups'] > 1)}; each group is one unit in the SE)"
+            ]
+            if near and near["groups"]
+            else []
+        ),
         *([f"micro-F1  {metrics['micro_f1']:.4f}"] if multi else []),
         f"macro-F1  {metrics['macro_f1']:.4f}   (n={metrics['n']})",
         "",
@@ -89,7 +99,9 @@ def evaluate(
         overwrite: replace existing files in ``output_dir``.
 
     Returns:
-        The metrics for a single file; for several, ``{file: metrics}``.
+        The metrics for a single file; for several, ``{file: metrics}``. Each holds ``accuracy_se``,
+        the accuracy's standard error with near-copy texts counted as one unit, and ``near_copies``
+        (see ``textlora.metrics.with_standard_error``).
     """
     from textlora.fsutil import atomic_path, check_output
     from textlora.prediction import load
@@ -111,7 +123,9 @@ def evaluate(
     results = {}
     for f, (frame, y_true) in zip(files, labelled):
         logits = clf.logits(frame.texts, progress=len(frame.texts) > 2000)
-        results[f] = {**metrics_from_logits(y_true, logits, clf.label_names), "data": str(f)}
+        pred = predicted(logits, np.asarray(y_true).ndim == 2)
+        correct = (pred == (np.asarray(y_true) > 0.5)).all(axis=1) if pred.ndim == 2 else pred == np.asarray(y_true)
+        results[f] = {**with_standard_error(metrics_from_logits(y_true, logits, clf.label_names), correct, frame.texts), "data": str(f)}
     if output_dir is not None:
         out.mkdir(exist_ok=True)
         with atomic_path(out / "metrics.json") as tmp:
