@@ -179,6 +179,6 @@ def with_standard_error(metrics: dict, correct: np.ndarray, texts: list) -> dict
     groups = near_copy_groups(texts) if len(texts) <= GROUP_MAX_ROWS else None
     near = None
     if groups is not None:
-        sizes = np.bincount(groups) if len(groups) else np.zeros(0, dtype=np.int64)
+        sizes = np.bincount(groups)
         near = {"groups": int((sizes > 1).sum()), "rows": int(sizes[sizes > 1].sum()), "threshold": NEAR_COPY}
     return {**metrics, "accuracy_se": accuracy_se(correct, groups), "near_copies": near}
