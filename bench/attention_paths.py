@@ -43,8 +43,8 @@ def decode(dtype) -> dict:
         keys = torch.ones(b, 1, 1, length, dtype=torch.bool)
         keys[:, :, :, :3] = False  # left padding
         kl, vl = k[:, :, :length], v[:, :, :length]
-        kernel = ms(lambda: F.scaled_dot_product_attention(q, kl, vl, attn_mask=keys, enable_gqa=True))
-        matmuls = ms(lambda: _decode_attention(q, kl, vl, keys))
+        kernel = ms(lambda kl=kl, vl=vl, keys=keys: F.scaled_dot_product_attention(q, kl, vl, attn_mask=keys, enable_gqa=True))
+        matmuls = ms(lambda kl=kl, vl=vl, keys=keys: _decode_attention(q, kl, vl, keys))
         out[length] = {"kernel_ms": kernel, "matmuls_ms": matmuls}
         print(f"decode {dtype} cache {length}: kernel {kernel} ms, matmuls {matmuls} ms", flush=True)
     return out
@@ -69,7 +69,7 @@ def adapt_steps(fp32: bool, steps: int, pairs: int) -> dict:
             opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)
             model.train()
 
-            def step(i):
+            def step(i, enc=enc, model=model, opt=opt):  # bound now: each pass of the loop has its own
                 ids, mask = enc["input_ids"][16 * i : 16 * (i + 1)], enc["attention_mask"][16 * i : 16 * (i + 1)]
                 model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.float().backward()
                 opt.step()

@@ -80,7 +80,7 @@ def main() -> None:
         for which in (set(names), {"gate_up"}, {"qkv", "gate_up"}):
             for reduce_range in (True, False):
 
-                def swap(name, i, w):
+                def swap(name, i, w, which=which, alpha=alpha, reduce_range=reduce_range):  # bound now, as the loop moves on
                     if name not in which:
                         return w
                     if alpha is None:

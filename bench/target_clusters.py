@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from machine import cpu  # bench/machine.py
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,4 +12,5 @@ if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ]; then
   fi
 fi
 bash scripts/setup.sh test
+.venv/bin/ruff check src tests bench   # lint first: a second, cheap failure mode (rules in pyproject.toml)
 .venv/bin/python -m pytest -q "$@"

@@ -173,7 +173,7 @@ def test_adapt_sigterm_saves_and_a_second_adapt_is_refused(tmp_path, tiny_gpt2, 
     from textlora.augment.adapt import lock_path
     from textlora.fsutil import hold_lock
 
-    from .conftest import fails, make_texts
+    from .conftest import make_texts
 
     texts = tmp_path / "target.csv"
     make_texts(200, seed=4).drop(columns=["label"]).to_csv(texts, index=False)

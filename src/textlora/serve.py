@@ -58,7 +58,7 @@ class Batcher:
             while n < self.max_batch and (left := deadline - loop.time()) > 0:
                 try:
                     items.append(await asyncio.wait_for(self.queue.get(), left))
-                except asyncio.TimeoutError:  # TimeoutError itself from 3.11 on
+                except TimeoutError:  # what asyncio.wait_for raises (asyncio.TimeoutError is its alias since 3.11)
                     break
                 n += len(items[-1][0])
             texts = [t for ts, _ in items for t in ts]
