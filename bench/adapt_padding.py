@@ -13,13 +13,13 @@ import pandas as pd
 from transformers import AutoTokenizer
 
 from textlora.augment.adapt import AdaptConfig, _encode, _step_plan
-from textlora.augment.lm import resolve_causal_lm
+from textlora.registry import resolve_model_path
 from textlora.runtime import PAD_MULTIPLE
 
 
 def main() -> None:
     cfg = AdaptConfig(texts="../shared/data/agnews/target_unlabelled.csv", output_dir="unused", max_texts=1500, max_length=96, batch_size=16)
-    tok = AutoTokenizer.from_pretrained(str(resolve_causal_lm(cfg.model)))
+    tok = AutoTokenizer.from_pretrained(str(resolve_model_path(cfg.model)))
     texts = pd.read_csv(cfg.texts)[cfg.text_column].astype(str).tolist()
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(texts))

@@ -24,7 +24,8 @@ import torch
 from textlora.augment.generate import GenerateConfig, plan_rows, read_prompts
 from textlora.augment.lm import load_causal_lm
 from textlora.augment.sampling import SamplingSettings, sample
-from textlora.runtime import autocast
+from textlora.device import autocast
+from textlora.registry import resolve_model_path
 
 
 def old_path(model, tok, rows, batch_size: int) -> dict:
@@ -160,7 +161,7 @@ def main() -> None:
     print("loop, transformers forward", results["textlora_loop_b256_hf_forward"], flush=True)
     results["textlora_loop_b256_fused"] = new_path(model, tok, rows, 256, fused=True)
     print("loop, fused", results["textlora_loop_b256_fused"], flush=True)
-    ct2 = ctranslate2_path(str(Path(load_causal_lm.__globals__["resolve_causal_lm"](args.model))), tok, rows[: args.old_rows * 2], 128)
+    ct2 = ctranslate2_path(str(Path(resolve_model_path(args.model))), tok, rows[: args.old_rows * 2], 128)
     if ct2:
         results["ctranslate2_int8_b128"] = ct2
         print("ctranslate2 int8", ct2, flush=True)

@@ -16,7 +16,7 @@ SPEED_FLAGS = ("avx512_bf16", "amx", "avx512f", "avx2", "avx_vnni", "avx512_vnni
 def cpu() -> dict:
     import torch
 
-    from textlora.runtime import machine
+    from textlora.device import machine
 
     info = {"platform": platform.platform()}
     try:

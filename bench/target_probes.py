@@ -31,7 +31,8 @@ RESULTS = ROOT / "bench" / "results" / "target_probes.json"
 
 
 def probabilities(model, tokenizer, texts: list[str], config):
-    from textlora.runtime import default_device, encode_texts, predict_logits, probabilities
+    from textlora.device import default_device
+    from textlora.runtime import encode_texts, predict_logits, probabilities
 
     encoded = encode_texts(tokenizer, texts, config.model.max_length, config.model.truncation)
     return probabilities(predict_logits(model, encoded, tokenizer.pad_token_id or 0, batch_size=64, device=default_device()), config)

@@ -258,9 +258,9 @@ def test_generate_keep_prompt_puts_the_prompt_in_front_of_the_same_rows(tmp_path
 def test_adapt_picks_the_attention_that_is_fast_in_its_precision(tiny_gpt2, monkeypatch, precision, attention):
     """torch's CPU flash-attention kernels are slow in bf16 (measured: 2.70 s a SmolLM2 step against
     2.18 s for plain matmuls) and the faster choice in fp32: adapt takes each where it wins."""
-    import textlora.runtime
+    import textlora.device
     from textlora.augment.adapt import AdaptConfig, _load_lm
 
-    monkeypatch.setattr(textlora.runtime, "resolve_precision", lambda p, d: precision)
+    monkeypatch.setattr(textlora.device, "resolve_precision", lambda p, d: precision)
     model, *_ = _load_lm(AdaptConfig(model=str(tiny_gpt2), texts="unused.csv", output_dir="unused"), ["a text"])
     assert model.config._attn_implementation == attention

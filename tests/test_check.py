@@ -74,7 +74,7 @@ def test_the_pipeline_drops_rows_that_fail_the_check_and_says_so(task, tiny_bert
     root = task / "out"
     trained = pd.read_csv(root / "synthetic" / "train.csv")
     assert len(trained) >= MIN_ROWS
-    check = json.loads((root / "stages.json").read_text())["filter"]["check"]
+    check = json.loads((root / "stages.json").read_text())["filter"]["data"]["check"]
     assert check["passed"] is False and "rows dropped" in out
     assert json.loads((root / "classifier" / "metrics.json").read_text())["data"]["extra_rows"] == 0
     summary = json.loads((root / "pipeline.json").read_text())

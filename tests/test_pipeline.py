@@ -206,9 +206,9 @@ def test_pipeline_bad_input_is_one_line(task, tiny_bert, tiny_gpt2, capsys):
 
 def test_a_classifier_model_that_is_not_installed_fails_before_any_stage(task, tiny_bert, tiny_gpt2, capsys, monkeypatch):
     """An alias whose package is missing (here: mpnet) is one line before adaptation spends minutes."""
-    import textlora.models
+    import textlora.sources
 
-    monkeypatch.setattr(textlora.models, "MPNET_PARTS", ("textlora-test-no-such-package",))
+    monkeypatch.setattr(textlora.sources, "MPNET_PARTS", ("textlora-test-no-such-package",))
     monkeypatch.setenv("TEXTLORA_CACHE", str(task / "cache"))  # not unpacked before either
     cfg = pipeline_config(task, tiny_bert, tiny_gpt2, model={"name": "mpnet"})
     fails(capsys, ["pipeline", "--config", write(task / "c.yaml", cfg)], "model 'mpnet' needs the PyPI package textlora-test-no-such-package")

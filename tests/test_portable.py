@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from tests.conftest import make_texts, write_config
-from textlora.aliases import base_model_id, is_local_base
+from textlora.registry import base_model_id, is_local_base
 from textlora.cli import main
 from textlora.models import resolve_model_path
 

@@ -11,41 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from textlora.errors import UserError
+from textlora.registry import BERT_GROUPS, lora_groups
 
 # Module groups the planner chooses among, broadest first (broader coverage wins ties: adapting
 # every linear layer beats spending the same parameters on a few, as QLoRA and later work found).
-GROUPS = {
-    "all-linear": ["query", "key", "value", "dense"],
-    "attention+output": ["query", "key", "value", "attention.output.dense"],
-    "attention": ["query", "key", "value"],
-    "query+value": ["query", "value"],
-}
-# The same groups for encoders that name their layers differently (model_type -> groups); others use GROUPS.
-GROUPS_BY_MODEL_TYPE = {
-    "mpnet": {
-        "all-linear": ["q", "k", "v", "o", "dense"],
-        "attention+output": ["q", "k", "v", "o"],
-        "attention": ["q", "k", "v"],
-        "query+value": ["q", "v"],
-    },
-    "distilbert": {
-        "all-linear": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
-        "attention+output": ["q_lin", "k_lin", "v_lin", "out_lin"],
-        "attention": ["q_lin", "k_lin", "v_lin"],
-        "query+value": ["q_lin", "v_lin"],
-    },
-    "deberta-v2": {
-        "all-linear": ["query_proj", "key_proj", "value_proj", "dense"],
-        "attention+output": ["query_proj", "key_proj", "value_proj", "attention.output.dense"],
-        "attention": ["query_proj", "key_proj", "value_proj"],
-        "query+value": ["query_proj", "value_proj"],
-    },
-}
+GROUPS = BERT_GROUPS  # each family's own, named as it names its layers: textlora.registry
 
 
 def groups_for(model) -> dict[str, list[str]]:
-    """The module groups, named as ``model`` names its layers."""
-    return GROUPS_BY_MODEL_TYPE.get(getattr(model.config, "model_type", ""), GROUPS)
+    """The module groups, named as ``model`` names its layers (its family's, textlora.registry)."""
+    return lora_groups(model)
 
 
 RANKS = (64, 48, 40, 32, 28, 24, 20, 16, 12, 10, 8, 6, 4, 2, 1)
@@ -278,6 +253,8 @@ def budget(config_path: str | None, overrides: list[str] | None = None, plan: bo
             header, chosen = _plan_table(config, base, len(names))
             config = with_plan(config, chosen)
         config = planned(config, base)  # a head left on auto
+    if config.lora.target_modules is None:  # the family's attention projections
+        config.lora.target_modules = list(lora_groups(load_base_model(config.model.name, names, weights=False))["attention"])
     _, breakdown = build_model(config, names, weights=False)
     return header + (
         f"model {config.model.name}, {len(names)} classes, head {config.model.head}, {config.lora.method} r={config.lora.r} on {', '.join(config.lora.target_modules)}, bias {config.lora.bias}\n"

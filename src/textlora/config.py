@@ -33,20 +33,20 @@ class ModelConfig:
     head_hidden: int = 64  # width of the mlp head's hidden layer
 
     def __post_init__(self) -> None:
-        _check(
+        check(
             self.max_length == "auto" or (isinstance(self.max_length, int) and self.max_length >= 8),
             "model.max_length",
             "an integer >= 8 or auto",
             self.max_length,
         )
         if self.max_length_percentile is not None:
-            _check(50 <= self.max_length_percentile <= 100, "model.max_length_percentile", "a number in [50, 100]", self.max_length_percentile)
-        _check(self.truncation in TRUNCATIONS, "model.truncation", " or ".join(TRUNCATIONS), self.truncation)
+            check(50 <= self.max_length_percentile <= 100, "model.max_length_percentile", "a number in [50, 100]", self.max_length_percentile)
+        check(self.truncation in TRUNCATIONS, "model.truncation", " or ".join(TRUNCATIONS), self.truncation)
         if self.dropout is not None:
-            _check(0 <= self.dropout < 1, "model.dropout", "a number in [0, 1) or null", self.dropout)
-        _check(self.attn_implementation in ("auto", "eager", "sdpa"), "model.attn_implementation", "auto, eager or sdpa", self.attn_implementation)
-        _check(self.head in ("auto", "standard", "linear", "mlp", "mean"), "model.head", "auto, standard, linear, mlp or mean", self.head)
-        _check(self.head_hidden >= 1, "model.head_hidden", "an integer >= 1", self.head_hidden)
+            check(0 <= self.dropout < 1, "model.dropout", "a number in [0, 1) or null", self.dropout)
+        check(self.attn_implementation in ("auto", "eager", "sdpa"), "model.attn_implementation", "auto, eager or sdpa", self.attn_implementation)
+        check(self.head in ("auto", "standard", "linear", "mlp", "mean"), "model.head", "auto, standard, linear, mlp or mean", self.head)
+        check(self.head_hidden >= 1, "model.head_hidden", "an integer >= 1", self.head_hidden)
 
 
 @dataclass
@@ -54,17 +54,17 @@ class LoraSettings:
     r: int = 4  # rank of each LoRA update
     alpha: float = 64  # scaling numerator: the update is scaled by alpha / r
     dropout: float = 0.1  # dropout on the LoRA input
-    target_modules: list[str] = field(default_factory=lambda: ["query", "key", "value"])
+    target_modules: list[str] | None = None  # None: the model family's attention projections (textlora.registry), e.g. query/key/value for BERT
     bias: str = "all"  # which biases train: none | all | lora_only
     method: str = "lora"  # lora | dora (LoRA plus a learned magnitude per output) | vera (shared frozen random matrices, trained scaling vectors)
     auto: bool = False  # let the budget planner choose r, alpha, target_modules and bias (write `lora: auto`)
 
     def __post_init__(self) -> None:
-        _check(self.r >= 1, "lora.r", "an integer >= 1", self.r)
-        _check(0 <= self.dropout < 1, "lora.dropout", "a number in [0, 1)", self.dropout)
-        _check(len(self.target_modules) > 0, "lora.target_modules", "a non-empty list", self.target_modules)
-        _check(self.bias in ("none", "all", "lora_only"), "lora.bias", "none, all or lora_only", self.bias)
-        _check(self.method in ("lora", "dora", "vera"), "lora.method", "lora, dora or vera", self.method)
+        check(self.r >= 1, "lora.r", "an integer >= 1", self.r)
+        check(0 <= self.dropout < 1, "lora.dropout", "a number in [0, 1)", self.dropout)
+        check(self.target_modules is None or len(self.target_modules) > 0, "lora.target_modules", "a non-empty list or null", self.target_modules)
+        check(self.bias in ("none", "all", "lora_only"), "lora.bias", "none, all or lora_only", self.bias)
+        check(self.method in ("lora", "dora", "vera"), "lora.method", "lora, dora or vera", self.method)
 
 
 @dataclass
@@ -72,7 +72,7 @@ class BudgetConfig:
     max_trainable_params: int = 1_000_000  # training refuses to start above this
 
     def __post_init__(self) -> None:
-        _check(self.max_trainable_params >= 1, "budget.max_trainable_params", "an integer >= 1", self.max_trainable_params)
+        check(self.max_trainable_params >= 1, "budget.max_trainable_params", "an integer >= 1", self.max_trainable_params)
 
 
 @dataclass
@@ -93,13 +93,13 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         for name in self.eval_sets:
-            _check(
+            check(
                 name not in ("dev", "") and "." not in name and "/" not in name, f"data.eval_sets.{name}", "a name other than 'dev', without '.' or '/'", name
             )
-        _check(0 < self.val_fraction < 1, "data.val_fraction", "a number in (0, 1)", self.val_fraction)
-        _check(self.min_words >= 0, "data.min_words", "an integer >= 0", self.min_words)
+        check(0 < self.val_fraction < 1, "data.val_fraction", "a number in (0, 1)", self.val_fraction)
+        check(self.min_words >= 0, "data.min_words", "an integer >= 0", self.min_words)
         if self.max_words is not None:
-            _check(self.max_words >= max(self.min_words, 1), "data.max_words", f"an integer >= {max(self.min_words, 1)}", self.max_words)
+            check(self.max_words >= max(self.min_words, 1), "data.max_words", f"an integer >= {max(self.min_words, 1)}", self.max_words)
 
 
 @dataclass
@@ -127,31 +127,31 @@ class TrainConfig:
     class_weights: str = "none"  # none | balanced (loss weights n_rows / (n_classes * n_rows_of_class))
 
     def __post_init__(self) -> None:
-        _check(self.epochs > 0, "train.epochs", "a number > 0", self.epochs)
+        check(self.epochs > 0, "train.epochs", "a number > 0", self.epochs)
         if self.max_steps is not None:
-            _check(self.max_steps >= 1, "train.max_steps", "an integer >= 1", self.max_steps)
-        _check(self.batch_size >= 1, "train.batch_size", "an integer >= 1", self.batch_size)
-        _check(self.eval_batch_size >= 1, "train.eval_batch_size", "an integer >= 1", self.eval_batch_size)
-        _check(self.learning_rate > 0, "train.learning_rate", "a number > 0", self.learning_rate)
-        _check(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
-        _check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "a number in [0, 1)", self.warmup_ratio)
-        _check(self.lr_scheduler in ("linear", "cosine", "constant"), "train.lr_scheduler", "linear, cosine or constant", self.lr_scheduler)
-        _check(self.optimizer in ("adamw", "sgd"), "train.optimizer", "adamw or sgd", self.optimizer)
-        _check(self.grad_accum >= 1, "train.grad_accum", "an integer >= 1", self.grad_accum)
-        _check(self.precision in ("auto", "bf16", "fp16", "fp32"), "train.precision", "auto, bf16, fp16 or fp32", self.precision)
-        _check(self.logging_steps >= 1, "train.logging_steps", "an integer >= 1", self.logging_steps)
-        _check(self.eval_strategy in ("epoch", "steps"), "train.eval_strategy", "epoch or steps", self.eval_strategy)
-        _check(self.eval_steps >= 1, "train.eval_steps", "an integer >= 1", self.eval_steps)
-        _check(self.save_total_limit >= 1, "train.save_total_limit", "an integer >= 1", self.save_total_limit)
-        _check(
+            check(self.max_steps >= 1, "train.max_steps", "an integer >= 1", self.max_steps)
+        check(self.batch_size >= 1, "train.batch_size", "an integer >= 1", self.batch_size)
+        check(self.eval_batch_size >= 1, "train.eval_batch_size", "an integer >= 1", self.eval_batch_size)
+        check(self.learning_rate > 0, "train.learning_rate", "a number > 0", self.learning_rate)
+        check(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
+        check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "a number in [0, 1)", self.warmup_ratio)
+        check(self.lr_scheduler in ("linear", "cosine", "constant"), "train.lr_scheduler", "linear, cosine or constant", self.lr_scheduler)
+        check(self.optimizer in ("adamw", "sgd"), "train.optimizer", "adamw or sgd", self.optimizer)
+        check(self.grad_accum >= 1, "train.grad_accum", "an integer >= 1", self.grad_accum)
+        check(self.precision in ("auto", "bf16", "fp16", "fp32"), "train.precision", "auto, bf16, fp16 or fp32", self.precision)
+        check(self.logging_steps >= 1, "train.logging_steps", "an integer >= 1", self.logging_steps)
+        check(self.eval_strategy in ("epoch", "steps"), "train.eval_strategy", "epoch or steps", self.eval_strategy)
+        check(self.eval_steps >= 1, "train.eval_steps", "an integer >= 1", self.eval_steps)
+        check(self.save_total_limit >= 1, "train.save_total_limit", "an integer >= 1", self.save_total_limit)
+        check(
             self.metric_for_best.rsplit(".", 1)[-1] in ("accuracy", "macro_f1", "loss"),
             "train.metric_for_best",
             "accuracy, macro_f1 or loss, or SET.accuracy / SET.macro_f1 / SET.loss for an eval set",
             self.metric_for_best,
         )
-        _check(self.early_stopping_patience >= 0, "train.early_stopping_patience", "an integer >= 0", self.early_stopping_patience)
-        _check(0 <= self.label_smoothing < 1, "train.label_smoothing", "a number in [0, 1)", self.label_smoothing)
-        _check(self.class_weights in ("none", "balanced"), "train.class_weights", "none or balanced", self.class_weights)
+        check(self.early_stopping_patience >= 0, "train.early_stopping_patience", "an integer >= 0", self.early_stopping_patience)
+        check(0 <= self.label_smoothing < 1, "train.label_smoothing", "a number in [0, 1)", self.label_smoothing)
+        check(self.class_weights in ("none", "balanced"), "train.class_weights", "none or balanced", self.class_weights)
 
 
 @dataclass
@@ -167,13 +167,13 @@ class Config:
     def __post_init__(self) -> None:
         if "." in self.train.metric_for_best:
             name = self.train.metric_for_best.rsplit(".", 1)[0]
-            _check(
+            check(
                 name in self.data.eval_sets, "train.metric_for_best", f"an eval set named in data.eval_sets ({', '.join(self.data.eval_sets) or 'none'})", name
             )
         if self.data.multi_label:  # one sigmoid a class: these settings are for a softmax over classes
-            _check(self.train.class_weights == "none", "train.class_weights", "none with data.multi_label", self.train.class_weights)
-            _check(self.train.label_smoothing == 0, "train.label_smoothing", "0 with data.multi_label", self.train.label_smoothing)
-        _check(
+            check(self.train.class_weights == "none", "train.class_weights", "none with data.multi_label", self.train.class_weights)
+            check(self.train.label_smoothing == 0, "train.label_smoothing", "0 with data.multi_label", self.train.label_smoothing)
+        check(
             self.data.label_separator is None or self.data.multi_label,
             "data.label_separator",
             "unset unless data.multi_label is true",
@@ -184,7 +184,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _check(ok: bool, key: str, expected: str, found: Any) -> None:
+def check(ok: bool, key: str, expected: str, found: Any) -> None:
     if not ok:
         raise UserError(f"config: {key}: expected {expected}, found {found!r}")
 
@@ -240,7 +240,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {tp} for {key}")
 
 
-def _build(cls: type, raw: Any, prefix: str) -> Any:
+def build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
         raise UserError(f"config: {prefix.rstrip('.') or 'top level'}: expected a mapping, found {raw!r}")
     hints = typing.get_type_hints(cls)
@@ -252,7 +252,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             raise UserError(f"config: unknown key '{full}' (known: {', '.join(sorted(names))})")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value if value is not None else {}, f"{full}.")
+            kwargs[key] = build(tp, value if value is not None else {}, f"{full}.")
         else:
             kwargs[key] = _coerce(value, tp, full)
     return cls(**kwargs)
@@ -270,7 +270,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         if isinstance(raw.get(section), dict) and key in raw[section]:
             raw = {**raw, section: {k: v for k, v in raw[section].items() if k != key}}
             print(f"textlora: config: {section}.{key} is ignored ({why})", file=sys.stderr)
-    return _build(Config, raw, "")
+    return build(Config, raw, "")
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:
@@ -303,11 +303,11 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     return out
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+            out[k] = merge(out[k], v)
         else:
             out[k] = v
     return out
@@ -335,9 +335,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, cls
     ``cls`` is the dataclass to build (default: the training :class:`Config`).
     """
     raw = read_yaml(path) if path is not None else {}
-    raw = _merge(raw, parse_overrides(overrides or []))
+    raw = merge(raw, parse_overrides(overrides or []))
     try:
-        return config_from_dict(raw) if cls is None else _build(cls, raw, "")
+        return config_from_dict(raw) if cls is None else build(cls, raw, "")
     except UserError as e:
         if path is not None:
             raise UserError(f"{e} (in {path})") from None

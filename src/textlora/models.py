@@ -1,110 +1,18 @@
-"""Where weights come from (hub id, local folder, pip-packaged model), LoRA, and the parameter budget."""
+"""Loading a classifier (base encoder + head + LoRA), counting its trainable parameters, and loading a run.
+
+Where weights come from and what each model family calls its layers is ``textlora.registry``'s.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from textlora.aliases import ALIASES, HUB_IDS, MPNET_PARTS, base_model_id, is_local_base
+from textlora.device import encoder_attention
 from textlora.errors import UserError
-
-
-def mpnet_dir() -> Path:
-    """The ``mpnet`` alias: all-mpnet-base-v2 joined from its PyPI parts and unpacked once into the cache."""
-    import importlib.metadata
-
-    from textlora.fsutil import cache_dir
-
-    folder = cache_dir() / "all-mpnet-base-v2"
-    if (folder / "config.json").is_file():
-        return folder
-    parts = []
-    for dist_name in MPNET_PARTS:
-        try:
-            dist = importlib.metadata.distribution(dist_name)
-        except importlib.metadata.PackageNotFoundError:
-            raise UserError(
-                f"model 'mpnet' needs the PyPI package {dist_name} and its siblings (bash scripts/setup.sh mpnet, or pip install {' '.join(MPNET_PARTS)})"
-            ) from None
-        found = [f for f in dist.files or [] if ".zip." in f.name]
-        if not found:
-            raise UserError(f"model 'mpnet': package {dist_name} holds no part of the zip; reinstall it")
-        parts.append(Path(dist.locate_file(found[0])))
-    print(f"unpacking all-mpnet-base-v2 into {folder} (once)", flush=True)
-    return unpack_split_zip(parts, folder, "model 'mpnet'")
-
-
-def unpack_split_zip(parts: list[Path], folder: Path, what: str) -> Path:
-    """Join ``parts`` (a zip split into byte ranges) and unpack its one top folder as ``folder``, atomically."""
-    import shutil
-    import zipfile
-
-    from textlora.fsutil import atomic_dir
-
-    with atomic_dir(folder) as tmp:
-        joined = tmp / "joined.zip"
-        with open(joined, "wb") as out:
-            for part in parts:
-                with open(part, "rb") as f:
-                    shutil.copyfileobj(f, out)
-        try:
-            with zipfile.ZipFile(joined) as z:
-                for info in z.infolist():
-                    rel = Path(*Path(info.filename).parts[1:])  # drop the top folder
-                    if info.is_dir() or not rel.parts or ".." in rel.parts or rel.name == "desktop.ini":
-                        continue
-                    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                    with z.open(info) as src, open(tmp / rel, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-        except zipfile.BadZipFile as e:
-            raise UserError(f"{what}: the zip joined from its {len(parts)} parts is corrupt ({e}); reinstall them") from None
-        joined.unlink()
-        if not (tmp / "config.json").is_file():
-            raise UserError(f"{what}: the zip holds no config.json; reinstall its packages")
-    return folder
-
+from textlora.registry import base_model_id, is_local_base, resolve_model_path
 
 HEAD_NAMES = ("classifier", "score", "pre_classifier")  # what peft's SEQ_CLS task trains in full (it matches "classifier" as a substring) and saves
-
-
-def _packaged(name: str) -> str | None:
-    """The alias whose Hub id is ``name``, if that alias's package is installed (so it loads offline)."""
-    import importlib.util
-
-    alias = next((a for a, hub in HUB_IDS.items() if hub == name), None)
-    if alias == "minilm" and importlib.util.find_spec(ALIASES["minilm"][0]) is not None:
-        return alias
-    if alias == "mpnet":
-        import importlib.metadata
-
-        try:
-            importlib.metadata.distribution(MPNET_PARTS[0])
-            return alias
-        except importlib.metadata.PackageNotFoundError:
-            return None
-    return None
-
-
-def resolve_model_path(name: str) -> str:
-    """Turn an alias (or the Hub id of a packaged model, when its package is installed) into its local
-    folder; pass other hub ids and local folders through."""
-    name = _packaged(name) or name
-    if name == "mpnet":
-        return str(mpnet_dir())
-    if name in ALIASES:
-        module, attr, package = ALIASES[name]
-        try:
-            mod = __import__(module)
-        except ImportError:
-            raise UserError(f"model '{name}' needs the PyPI package {package} (pip install {package})") from None
-        return str(getattr(mod, attr))
-    path = Path(name)
-    looks_local = name.startswith((".", "/", "~")) or path.exists() or name.count("/") > 1
-    if looks_local and not path.is_dir():
-        raise UserError(f"model '{name}': no such folder")
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise UserError(f"model '{name}': folder has no config.json, so it is not a Hugging Face model")
-    return name
 
 
 def load_tokenizer(name: str):
@@ -115,14 +23,6 @@ def load_tokenizer(name: str):
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"model '{name}': cannot load its tokenizer ({str(e).splitlines()[0][:200]})") from None
-
-
-def _attn_implementation(choice: str) -> str:
-    import torch
-
-    if choice != "auto":
-        return choice
-    return "sdpa" if torch.cuda.is_available() else "eager"
 
 
 def load_base_model(
@@ -155,7 +55,7 @@ def _load_base_model(name: str, label_names: list[str], weights: bool, attn_impl
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={n: i for i, n in enumerate(label_names)},
-        attn_implementation=_attn_implementation(attn_implementation),
+        attn_implementation=encoder_attention(attn_implementation),
         problem_type="multi_label_classification" if multi_label else "single_label_classification",
     )
     try:
@@ -203,8 +103,14 @@ def lora_config(settings):
 
 def apply_lora(model, settings):
     """Wrap ``model`` with LoRA (or DoRA/VeRA); the classification head is trained in full and saved with the adapter."""
+    from dataclasses import replace
+
     from peft import get_peft_model
 
+    from textlora.registry import lora_groups
+
+    if settings.target_modules is None:  # the family's attention projections (textlora.registry)
+        settings = replace(settings, target_modules=list(lora_groups(model)["attention"]))
     try:
         return get_peft_model(model, lora_config(settings))
     except ValueError as e:
@@ -273,7 +179,7 @@ def build_model(config, label_names: list[str], *, weights: bool = True):
 
     from textlora.heads import install_head
 
-    if config.lora.auto or config.model.head == "auto":
+    if config.lora.auto or config.model.head == "auto" or config.lora.target_modules is None:
         raise ValueError("build_model takes a resolved config: pass it through textlora.resolve.resolve first")
     model = load_base_model(
         config.model.name, label_names, weights=weights, attn_implementation=config.model.attn_implementation, multi_label=config.data.multi_label

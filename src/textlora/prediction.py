@@ -15,19 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
+from textlora.device import default_device, onnx_providers, resolve_precision
 from textlora.errors import UserError
 from textlora.run import Run, as_run
 from textlora.runtime import (
     BATCH_SIZE,
     batched_logits,
     chosen,
-    default_device,
     encode_texts,
     finish_distributed,
     init_distributed,
     predict_logits,
     probabilities,
-    resolve_precision,
 )
 
 
@@ -65,7 +64,8 @@ class Classifier(_Loaded):
     def logits(self, texts: list, progress: bool = False) -> np.ndarray:
         encoded = encode_texts(self.tokenizer, texts, self.max_length, self.config.model.truncation)
         return predict_logits(
-            self.model, encoded, self.tokenizer.pad_token_id or 0, batch_size=self.batch_size, precision=self.precision, device=self.device, progress=progress
+            self.model, encoded, self.tokenizer.pad_token_id or 0, batch_size=self.batch_size, precision=self.precision, device=self.device, progress=progress,
+            multi_label=self.config.data.multi_label,
         )
 
 
@@ -79,7 +79,7 @@ class OnnxClassifier(_Loaded):
         self.run = as_run(run)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(self.run.onnx_file), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(self.run.onnx_file), options, providers=onnx_providers())
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.run.path))
         self.batch_size = batch_size
         self.max_length = self.config.model.max_length

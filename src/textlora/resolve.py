@@ -1,7 +1,18 @@
-"""Resolving a config: every setting left to textlora (``auto``, a percentile) becomes a value, once.
+"""Resolving settings: every setting left to textlora (``auto``, a percentile, a family default)
+becomes a value here and nowhere else, with one meaning a key.
 
-:func:`resolve` runs before the model is built; ``models.build_model`` takes its result and never
-plans. The resolved config is what a run saves in config.yaml and its checkpoints.
+- ``model.max_length: auto`` (classifier): the 90th percentile of the token lengths of the texts
+  the classifier is made for: the target texts where a pipeline names them, else the training
+  texts; a multiple of 8, at most 512 and the model's position limit.
+- ``adapt.max_length: auto`` (causal LM): the same percentile of the texts it adapts on, at most 256.
+- ``generate.length_mean/length_std: auto``: the mean and spread of the target texts' lengths in the
+  LM's tokens, so generated rows are as long as the target's.
+- ``lora.target_modules`` unset: the model family's attention projections (textlora.registry).
+- ``lora: auto`` and ``model.head: auto``: the budget planner's choice (textlora.budget).
+
+:func:`resolve` runs before the classifier is built (``models.build_model`` takes its result and
+never plans); a run saves the resolved config in config.yaml and its checkpoints, and a pipeline
+writes every stage's resolved settings to pipeline.json.
 """
 
 from __future__ import annotations
@@ -13,15 +24,17 @@ import numpy as np
 from textlora.runtime import encode_texts
 
 
-def resolve(config, label_names: list[str], train_texts: list):
+def resolve(config, label_names: list[str], train_texts: list, length_texts: list | None = None):
     """A copy of ``config`` with nothing left to resolve (``config`` itself is not modified).
 
     - ``lora: auto`` and ``model.head: auto``: the budget planner's choice for this model's shapes
       and this number of classes (the model is built from its config, without weights);
     - ``model.max_length_percentile``: ``model.max_length`` becomes that percentile of the
       training texts' token lengths (a multiple of 8, at most the configured ``max_length``);
-    - ``model.max_length: auto``: the 90th percentile of the training texts' token lengths (a
-      multiple of 8, at most 512 and the model's position limit).
+    - ``model.max_length: auto``: the 90th percentile of the token lengths of ``length_texts``
+      (the texts the classifier is made for; default: the training texts), a multiple of 8, at
+      most 512 and the model's position limit;
+    - ``lora.target_modules`` unset: the model family's attention projections.
     """
     from textlora.budget import planned
     from textlora.models import load_base_model, load_tokenizer
@@ -29,8 +42,10 @@ def resolve(config, label_names: list[str], train_texts: list):
     config = copy.deepcopy(config)
     if config.lora.auto or config.model.head == "auto":
         config = planned(config, load_base_model(config.model.name, label_names, weights=False, multi_label=config.data.multi_label))
+    if config.lora.target_modules is None:
+        config.lora.target_modules = default_targets(config.model.name)
     if config.model.max_length == "auto":
-        config.model.max_length = length_from_percentile(load_tokenizer(config.model.name), train_texts, auto_length_cap(config.model.name), AUTO_PERCENTILE)
+        config.model.max_length = classifier_length(config.model.name, train_texts if length_texts is None else length_texts)
     if config.model.max_length_percentile is not None:
         tokenizer = load_tokenizer(config.model.name)
         config.model.max_length = length_from_percentile(tokenizer, train_texts, config.model.max_length, config.model.max_length_percentile)
@@ -55,3 +70,40 @@ def length_from_percentile(tokenizer, texts: list[str], cap: int, percentile: fl
     sample = texts[:: max(1, len(texts) // 5000)]  # a few thousand texts give the percentile well
     lengths = [len(ids) for ids in encode_texts(tokenizer, sample, cap)]
     return int(min(cap, max(8, -(-int(np.percentile(lengths, percentile)) // 8) * 8)))
+
+
+def classifier_length(model_name: str, texts: list) -> int:
+    """``model.max_length: auto``: the 90th percentile of ``texts``' token lengths (see the module docstring)."""
+    from textlora.models import load_tokenizer
+
+    return length_from_percentile(load_tokenizer(model_name), texts, auto_length_cap(model_name), AUTO_PERCENTILE)
+
+
+LM_AUTO_MAX = 256  # adapt.max_length: auto never chooses more (the LM's cost grows with the square of it)
+
+
+def lm_length(tokenizer, texts: list[str]) -> int:
+    """``adapt.max_length: auto``: the 90th percentile of the texts' token lengths in the LM's tokens, at most 256."""
+    return length_from_percentile(tokenizer, texts, LM_AUTO_MAX, AUTO_PERCENTILE)
+
+
+def generation_lengths(tokenizer, texts: list[str], cap: int) -> tuple[float, float]:
+    """``generate.length_mean/length_std: auto``: the mean and spread of the texts' lengths in the LM's
+    tokens (each clamped to ``cap``), so that generated rows are as long as the target's."""
+    sample = texts[:: max(1, len(texts) // 3000)]
+    lengths = np.minimum([len(ids) for ids in tokenizer(sample)["input_ids"]], cap)
+    return float(round(lengths.mean(), 1)), float(round(max(lengths.std(), 1.0), 1))
+
+
+def default_targets(model_name: str) -> list[str]:
+    """The LoRA targets of an unset ``lora.target_modules``: the family's attention projections (BERT's for an unknown family)."""
+    from transformers import AutoConfig
+
+    from textlora.registry import BERT_GROUPS, family_for, resolve_model_path
+
+    try:
+        model_type = AutoConfig.from_pretrained(resolve_model_path(model_name)).model_type
+    except (OSError, ValueError):
+        model_type = None  # the model's own loader says what is wrong, one step later
+    family = family_for(model_type)
+    return family.default_targets if family else list(BERT_GROUPS["attention"])

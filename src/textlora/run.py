@@ -131,7 +131,7 @@ def clear_run(out: Path) -> None:
 
 def model_card(config, splits, breakdown, metrics: dict) -> str:
     """A short model card: Hub front matter, base model, data, parameters, metrics, and how to load the run."""
-    from textlora.aliases import base_model_id, is_local_base
+    from textlora.registry import base_model_id, is_local_base
 
     best = metrics.get("best") or {}
     base = base_model_id(config.model.name)

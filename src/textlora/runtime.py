@@ -1,17 +1,18 @@
-"""The runtime every verb shares: tokenizing and batching, precision and devices, the inference
-loop, class probabilities, the LR schedule, and the distributed helpers (torchrun/accelerate).
+"""The runtime every verb shares: tokenizing and batching, the inference loop, class
+probabilities, the LR schedule, the optimizer step both training loops take, and the distributed
+helpers (torchrun/accelerate). Device and precision are chosen in ``textlora.device``.
 
-A leaf module: it imports nothing else from textlora but its errors.
+Near the bottom of the layers: it imports nothing of textlora but ``device`` and the errors.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from textlora.device import autocast, resolve_precision
 from textlora.errors import UserError
 
 THRESHOLD = 0.5  # multi-label: a class is predicted when its sigmoid probability reaches this
@@ -75,65 +76,6 @@ def pad_batch(seqs: list[list[int]], pad_id: int):
     return ids, mask
 
 
-def resolve_precision(precision: str, device) -> str:
-    """Pick bf16/fp16/fp32 for ``precision='auto'``: bf16 on CPUs with native bf16 and on bf16 GPUs."""
-    import torch
-
-    if precision != "auto":
-        if device.type == "cpu" and precision == "fp16":
-            raise UserError("config: train.precision: fp16 is for CUDA devices; use bf16 or fp32 on the CPU")
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    cpu_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return "bf16" if cpu_bf16 else "fp32"
-
-
-def autocast(precision: str, device):
-    import torch
-
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def default_device():
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def machine() -> dict:
-    """What a run's figures were measured on: the CPU as the kernel names it (with its family and
-    model: "AMD EPYC" names several generations), torch's CPU capability, threads and device."""
-    import platform
-
-    import torch
-
-    fields = {}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
-                    break  # the first processor is enough
-                key, _, value = line.partition(":")
-                fields[key.strip()] = value.strip()
-    except OSError:
-        pass
-    name = fields.get("model name") or platform.processor() or platform.machine()
-    if "cpu family" in fields:
-        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
-    device = default_device()
-    return {
-        "cpu": name,
-        "torch_capability": torch.backends.cpu.get_cpu_capability(),
-        "threads": torch.get_num_threads(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
-        "torch": torch.__version__,
-    }
-
-
 def sorted_batches(lengths: list[int] | np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Index batches, longest texts first, so that each batch holds texts of similar length."""
     order = np.argsort(-np.asarray(lengths), kind="stable")
@@ -156,10 +98,24 @@ def batched_logits(encoded: list[list[int]], pad_id: int, batch_size: int, forwa
     return out
 
 
+TIE_MARGIN = 0.5  # logits: rows whose two best classes lie closer than this in bf16/fp16 are scored again in fp32
+
+
 def predict_logits(
-    model, encoded: list[list[int]], pad_id: int, *, batch_size: int = BATCH_SIZE, precision: str = "auto", device=None, progress: bool = False
+    model, encoded: list[list[int]], pad_id: int, *, batch_size: int = BATCH_SIZE, precision: str = "auto",
+    device=None,
+    progress: bool = False,
+    multi_label: bool = False,
 ) -> np.ndarray:
-    """Logits (float32, shape [N, num_labels]) of a torch model for pre-tokenized texts, in input order."""
+    """Logits (float32, shape [N, num_labels]) of a torch model for pre-tokenized texts, in input order.
+
+    This is the one scoring function of textlora: training's evaluations, ``evaluate``, ``predict``,
+    ``pseudolabel`` and ``serve`` all score through it, so one model and one file give one answer.
+    In bf16 or fp16 a row's logits move with the batch it is padded into and with whether LoRA is
+    merged (by ~0.1 on a base-size encoder), which flipped rows near a tie between two paths. So
+    rows whose two best logits (multi-label: any logit and 0) lie within ``TIE_MARGIN`` are scored
+    again in fp32, where batch and merge move a logit by ~1e-6: their prediction is the fp32 one.
+    """
     import torch
 
     device = device or next(model.parameters()).device
@@ -170,10 +126,46 @@ def predict_logits(
     def forward(ids, mask):
         return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu().numpy()
 
-    with torch.inference_mode(), autocast(precision, device):
-        out = batched_logits(encoded, pad_id, batch_size, forward, progress)
+    with torch.inference_mode():
+        with autocast(precision, device):
+            out = batched_logits(encoded, pad_id, batch_size, forward, progress)
+        near = near_ties(out, TIE_MARGIN, multi_label) if precision != "fp32" and len(encoded) else np.empty(0, dtype=np.int64)
+        if len(near):
+            out[near] = batched_logits([encoded[i] for i in near], pad_id, batch_size, forward)
     model.train(was_training)
     return out
+
+
+def near_ties(logits: np.ndarray, margin: float, multi_label: bool = False) -> np.ndarray:
+    """Rows whose prediction a small change of logits could flip: the two best classes within
+    ``margin``; for a multi-label run (a sigmoid a class, chosen at 0.5) any logit within ``margin`` of 0."""
+    if multi_label or logits.shape[1] == 1:
+        return np.flatnonzero((np.abs(logits) < margin).any(axis=1))
+    top2 = np.partition(logits, -2, axis=1)[:, -2:]
+    return np.flatnonzero(top2[:, 1] - top2[:, 0] < margin)
+
+
+def optimizer_step(optimizer, scheduler, params, max_grad_norm: float, scaler=None) -> None:
+    """The end of a training step, as both training loops (``train`` and ``adapt``) take it:
+    unscale (fp16), clip the gradient norm (0: no clipping), step, advance the LR schedule, zero.
+
+    The loops share this and ``textlora.checkpoints`` (checkpoints, signals); their forward passes
+    stay their own: the classifier's batches carry labels, eval sets and DDP, the LM's are token
+    streams with their own loss and bf16 weights instead of autocast.
+    """
+    import torch
+
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

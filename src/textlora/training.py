@@ -25,13 +25,14 @@ import numpy as np
 
 from textlora.checkpoints import Interrupted, Signals, config_differences, load_trainable, pick_checkpoint, restore, save_checkpoint
 from textlora.config import Config
+from textlora.device import autocast, default_device, fused_adamw, resolve_precision
 from textlora.errors import UserError
 from textlora.faults import fault
 from textlora.fsutil import hold_lock, lock_path
 from textlora.metrics import metrics_from_logits
 from textlora.resolve import resolve
 from textlora.run import clear_run, is_run_dir, write_run
-from textlora.runtime import Dist, autocast, encode_texts, finish_distributed, init_distributed, make_scheduler, pad_batch, predict_logits, resolve_precision
+from textlora.runtime import Dist, encode_texts, finish_distributed, init_distributed, make_scheduler, optimizer_step, pad_batch, predict_logits
 from textlora.version import __version__
 
 MEGA_BATCH = 50  # length grouping sorts within shuffled windows of this many batches
@@ -98,7 +99,7 @@ def _is_better(value: float, best: float | None, metric: str) -> bool:
     return value < best if metric == "loss" else value > best
 
 
-def _setup_optimizer(model, cfg):
+def _setup_optimizer(model, cfg, device):
     import torch
 
     decay, no_decay = [], []
@@ -108,14 +109,15 @@ def _setup_optimizer(model, cfg):
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.learning_rate, momentum=0.9)
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=False)
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=fused_adamw(device))
 
 
 def _evaluate(model, val_encoded, val_labels, pad_id, cfg, precision, device, label_names) -> dict:
     import torch
 
-    logits = predict_logits(model, val_encoded, pad_id, batch_size=cfg.eval_batch_size, precision=precision, device=device)
-    if val_labels.ndim == 2:  # multi-label
+    multi = val_labels.ndim == 2
+    logits = predict_logits(model, val_encoded, pad_id, batch_size=cfg.eval_batch_size, precision=precision, device=device, multi_label=multi)
+    if multi:  # multi-label
         loss = float(torch.nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(val_labels)).item())
     else:
         loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(val_labels)).item())
@@ -182,26 +184,24 @@ def train(config: Config, resume: Literal["none", "last", "best"] = "none", over
     Returns:
         The run directory.
     """
-    import torch
 
     if resume not in ("none", "last", "best"):
         raise UserError(f"--resume: expected last, best or none, found {resume!r}")
     dist_info, device = init_distributed()
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     out = Path(config.output_dir)
     _check_output_dir(out, resume, overwrite)
-    lock = hold_lock(lock_path(out), what=f"output_dir {out}") if dist_info.main else None  # held until this process ends
-    s = Session(config, resume, out, dist_info, device, resolve_precision(config.train.precision, device), pick_checkpoint(out, resume))
-    _setup_data(s)
-    _setup_model(s)
-    _setup_schedule(s)
-    _start(s)
-    _fit(s)
-    if dist_info.main:
-        _write_run_dir(s)
-    finish_distributed(dist_info)
-    if lock is not None:
-        lock.close()
+    # held while this call runs, released however it ends (a caller may keep the exception, and with it this frame)
+    with hold_lock(lock_path(out), what=f"output_dir {out}") if dist_info.main else contextlib.nullcontext():
+        s = Session(config, resume, out, dist_info, device, resolve_precision(config.train.precision, device), pick_checkpoint(out, resume))
+        _setup_data(s)
+        _setup_model(s)
+        _setup_schedule(s)
+        _start(s)
+        _fit(s)
+        if dist_info.main:
+            _write_run_dir(s)
+        finish_distributed(dist_info)
     return out
 
 
@@ -259,7 +259,7 @@ def _setup_schedule(s: Session) -> None:
         raise UserError(f"train.batch_size {cfg.batch_size}: too large for {len(s.lengths)} training rows on {s.dist.world} process(es)")
     s.steps_per_epoch = math.ceil(s.per_rank / cfg.grad_accum)
     s.total_steps = cfg.max_steps or math.ceil(s.steps_per_epoch * cfg.epochs)
-    s.optimizer = _setup_optimizer(s.core, cfg)
+    s.optimizer = _setup_optimizer(s.core, cfg, s.device)
     s.scheduler = make_scheduler(s.optimizer, cfg.lr_scheduler, cfg.warmup_ratio, s.total_steps)
     s.scaler = torch.amp.GradScaler("cuda") if s.precision == "fp16" else None
     if s.ckpt is not None:
@@ -346,7 +346,6 @@ def _fit(s: Session) -> None:
 
 def _optimizer_step(s: Session, micro: list, labels, loss_fn) -> None:
     """Forward and backward over the micro-batches of one step (gradients synced on the last), then one optimizer step."""
-    import torch
 
     cfg, fit = s.config.train, s.fit
     for j, idx in enumerate(micro):
@@ -361,17 +360,7 @@ def _optimizer_step(s: Session, micro: list, labels, loss_fn) -> None:
         fit.window_loss += loss.item() * len(micro) * len(idx)
         fit.window_rows += len(idx)
     fault("step")
-    if s.scaler:
-        s.scaler.unscale_(s.optimizer)
-    if cfg.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(s.core.parameters(), cfg.max_grad_norm)
-    if s.scaler:
-        s.scaler.step(s.optimizer)
-        s.scaler.update()
-    else:
-        s.optimizer.step()
-    s.scheduler.step()
-    s.optimizer.zero_grad(set_to_none=True)
+    optimizer_step(s.optimizer, s.scheduler, s.core.parameters(), cfg.max_grad_norm, s.scaler)
     fit.global_step += 1
 
 

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from textlora.config import _check
+from textlora.config import check
 from textlora.errors import UserError
 from textlora.fsutil import lock_path
 
 WARMUP_RATIO = 0.05  # linear warmup over the first 5% of steps, then linear decay to 0
-AUTO_MAX_LENGTH = 256  # `max_length: auto` never takes more tokens a text than this
 
 
 @dataclass
@@ -46,18 +45,18 @@ class AdaptConfig:
     save_steps: int = 50  # a resumable checkpoint every this many steps: the same command after a kill continues there
 
     def __post_init__(self) -> None:
-        _check(self.texts is not None, "texts", "a file of unlabelled target texts", self.texts)
-        _check(self.output_dir is not None, "output_dir", "a folder to write the adapted model to", self.output_dir)
-        _check(self.method in ("lora", "full"), "method", "lora or full", self.method)
-        _check(self.epochs > 0, "epochs", "a number > 0", self.epochs)
-        _check(self.learning_rate > 0, "learning_rate", "a number > 0", self.learning_rate)
-        _check(
+        check(self.texts is not None, "texts", "a file of unlabelled target texts", self.texts)
+        check(self.output_dir is not None, "output_dir", "a folder to write the adapted model to", self.output_dir)
+        check(self.method in ("lora", "full"), "method", "lora or full", self.method)
+        check(self.epochs > 0, "epochs", "a number > 0", self.epochs)
+        check(self.learning_rate > 0, "learning_rate", "a number > 0", self.learning_rate)
+        check(
             self.max_length == "auto" or (isinstance(self.max_length, int) and self.max_length >= 8), "max_length", "an integer >= 8 or auto", self.max_length
         )
-        _check(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
-        _check(self.heldout >= 1, "heldout", "an integer >= 1", self.heldout)
-        _check(self.precision in ("auto", "bf16", "fp32"), "precision", "auto, bf16 or fp32", self.precision)
-        _check(self.save_steps >= 1, "save_steps", "an integer >= 1", self.save_steps)
+        check(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
+        check(self.heldout >= 1, "heldout", "an integer >= 1", self.heldout)
+        check(self.precision in ("auto", "bf16", "fp32"), "precision", "auto, bf16 or fp32", self.precision)
+        check(self.save_steps >= 1, "save_steps", "an integer >= 1", self.save_steps)
 
 
 def _encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
@@ -91,7 +90,8 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int, precision: s
     """exp(mean token negative log-likelihood) over ``texts``."""
     import torch
 
-    from textlora.runtime import autocast, sorted_batches
+    from textlora.device import autocast
+    from textlora.runtime import sorted_batches
 
     model.eval()
     total, count = 0.0, 0
@@ -122,13 +122,13 @@ def adapt_key(config: AdaptConfig) -> str:
     """The cache key of an adaptation: its settings and the content of its inputs (not their paths)."""
     from dataclasses import asdict
 
-    from textlora.augment.lm import resolve_causal_lm
     from textlora.fsutil import fingerprint
+    from textlora.registry import resolve_model_path
 
     settings = {k: v for k, v in asdict(config).items() if k != "save_steps"}  # how often it saves does not change the result
     return fingerprint(
         settings,
-        [config.texts, resolve_causal_lm(config.model), *sorted(config.exclude), config.labelled],
+        [config.texts, resolve_model_path(config.model), *sorted(config.exclude), config.labelled],
         paths=("output_dir", "texts", "exclude", "model", "labelled"),
     )
 
@@ -231,22 +231,20 @@ def _load_lm(config: AdaptConfig, train_texts: list[str]):
     import torch
 
     from textlora.augment.lm import load_causal_lm
-    from textlora.runtime import default_device, resolve_precision
+    from textlora.device import default_device, lm_training_attention, resolve_precision
 
     torch.manual_seed(config.seed)
     model, tok = load_causal_lm(config.model)
     if config.max_length == "auto":
-        from textlora.resolve import length_from_percentile
+        from textlora.resolve import lm_length
 
-        config = replace(config, max_length=length_from_percentile(tok, train_texts, AUTO_MAX_LENGTH, 90))
+        config = replace(config, max_length=lm_length(tok, train_texts))
     device = default_device()
     precision = resolve_precision(config.precision, device)
     model.to(device)
-    if device.type == "cpu" and precision == "bf16":
-        # torch's CPU flash-attention kernels are slow in bf16, forward and backward: a step of 16
-        # SmolLM2 texts took 2.70 s with them, 2.18 s with plain matmuls (AVX-512 bf16 EPYC); in
-        # fp32 the kernel is the faster one (5.6 s against 6.0), so it stays there
-        model.set_attn_implementation("eager")
+    attention = lm_training_attention(device, precision)  # textlora.device says why
+    if attention:
+        model.set_attn_implementation(attention)
     if config.method == "lora" and precision == "bf16":
         # the frozen base in bf16 (peft keeps the adapter weights in fp32): no per-step casts of
         # 135M weights under autocast (2.8 s a step of 16 texts instead of 3.25 on 2 AMX cores).
@@ -288,8 +286,9 @@ def _fit_lm(model, tok, texts: list[str], config: AdaptConfig, precision: str, d
     from tqdm.auto import tqdm
 
     from textlora.checkpoints import Interrupted, Signals, restore, save_checkpoint
+    from textlora.device import autocast
     from textlora.faults import fault
-    from textlora.runtime import autocast, make_scheduler
+    from textlora.runtime import make_scheduler, optimizer_step
 
     enc = _encode(tok, texts, config.max_length)
     total = max(1, math.ceil(math.ceil(len(texts) / config.batch_size) * config.epochs))
@@ -315,10 +314,7 @@ def _fit_lm(model, tok, texts: list[str], config: AdaptConfig, precision: str, d
                 loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
             loss.float().backward()
             fault("adapt_step")
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(opt, sched, params, 1.0)
             losses.append(float(loss.item()))
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")

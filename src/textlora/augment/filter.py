@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from textlora.config import _check
+from textlora.config import check
 
 WORD = re.compile(r"\w+")
 
@@ -36,11 +36,11 @@ class FilterConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
-        _check(self.input is not None, "input", "a file of generated rows", self.input)
-        _check(self.output is not None, "output", "a file to write", self.output)
-        _check(0 <= self.min_words <= self.max_words, "min_words/max_words", "0 <= min_words <= max_words", (self.min_words, self.max_words))
-        _check(0 < self.near_duplicate <= 1, "near_duplicate", "a number in (0, 1]", self.near_duplicate)
-        _check(0 <= self.min_confidence <= 1, "min_confidence", "a number in [0, 1]", self.min_confidence)
+        check(self.input is not None, "input", "a file of generated rows", self.input)
+        check(self.output is not None, "output", "a file to write", self.output)
+        check(0 <= self.min_words <= self.max_words, "min_words/max_words", "0 <= min_words <= max_words", (self.min_words, self.max_words))
+        check(0 < self.near_duplicate <= 1, "near_duplicate", "a number in (0, 1]", self.near_duplicate)
+        check(0 <= self.min_confidence <= 1, "min_confidence", "a number in [0, 1]", self.min_confidence)
 
 
 def normalize(text: str) -> str:

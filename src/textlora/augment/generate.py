@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from textlora.config import _check
+from textlora.config import check
 from textlora.errors import UserError
 
 
@@ -40,15 +40,15 @@ class GenerateConfig:
     fused: bool = True  # Llama-family models (SmolLM2) run a fused forward; False: transformers' forward
 
     def __post_init__(self) -> None:
-        _check(self.prompts is not None, "prompts", "a prompt file (YAML: classes: {name: [prompt, ...]})", self.prompts)
-        _check(self.output is not None, "output", "a .csv or .parquet file to write", self.output)
-        _check(self.precision in ("auto", "bf16", "fp32"), "precision", "auto, bf16 or fp32", self.precision)
-        _check(self.rows_per_class >= 1, "rows_per_class", "an integer >= 1", self.rows_per_class)
-        _check(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
-        _check(self.top_k >= 0, "top_k", "an integer >= 0", self.top_k)
-        _check(0 < self.top_p <= 1, "top_p", "a number in (0, 1]", self.top_p)
-        _check(self.repetition_penalty > 0, "repetition_penalty", "a number > 0", self.repetition_penalty)
-        _check(1 <= self.length_min <= self.length_max, "length_min/length_max", "1 <= length_min <= length_max", (self.length_min, self.length_max))
+        check(self.prompts is not None, "prompts", "a prompt file (YAML: classes: {name: [prompt, ...]})", self.prompts)
+        check(self.output is not None, "output", "a .csv or .parquet file to write", self.output)
+        check(self.precision in ("auto", "bf16", "fp32"), "precision", "auto, bf16 or fp32", self.precision)
+        check(self.rows_per_class >= 1, "rows_per_class", "an integer >= 1", self.rows_per_class)
+        check(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
+        check(self.top_k >= 0, "top_k", "an integer >= 0", self.top_k)
+        check(0 < self.top_p <= 1, "top_p", "a number in (0, 1]", self.top_p)
+        check(self.repetition_penalty > 0, "repetition_penalty", "a number > 0", self.repetition_penalty)
+        check(1 <= self.length_min <= self.length_max, "length_min/length_max", "1 <= length_min <= length_max", (self.length_min, self.length_max))
 
 
 def read_prompts(path: str, label_names: list[str] | None = None) -> dict[str, list[str]]:
@@ -126,11 +126,11 @@ def generate_key(config: GenerateConfig, label_names: list[str] | None = None) -
     """The cache key of a generation: its settings and the content of its prompt file and model (not their paths)."""
     from dataclasses import asdict
 
-    from textlora.augment.lm import resolve_causal_lm
     from textlora.fsutil import fingerprint
+    from textlora.registry import resolve_model_path
 
     settings = {**asdict(config), "label_names": label_names, "labels": "names"}
-    return fingerprint(settings, [config.prompts, resolve_causal_lm(config.model)], paths=("output", "prompts", "model"))
+    return fingerprint(settings, [config.prompts, resolve_model_path(config.model)], paths=("output", "prompts", "model"))
 
 
 def is_generated(config: GenerateConfig, label_names: list[str] | None = None) -> bool:
@@ -221,7 +221,7 @@ def _load_generator(config: GenerateConfig, dist_device):
     import torch
 
     from textlora.augment.lm import load_causal_lm
-    from textlora.runtime import default_device, resolve_precision
+    from textlora.device import default_device, resolve_precision
 
     start = time.perf_counter()
     device = dist_device or default_device()

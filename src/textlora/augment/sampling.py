@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from textlora.registry import family_for
+
 COMPACT_AT = 0.8  # finished rows leave the batch once at most this share of it is still sampling
 
 
@@ -128,7 +130,7 @@ class LlamaStepper:
     def supports(model) -> bool:
         cfg = model.config
         return (
-            cfg.model_type in ("llama", "mistral")
+            getattr(family_for(cfg.model_type), "name", None) == "llama"
             and not getattr(cfg, "attention_bias", False)
             and not getattr(cfg, "mlp_bias", False)
             and getattr(cfg, "sliding_window", None) is None

@@ -1,0 +1,301 @@
+"""The synthetic-row stages: adapt a causal LM on the target texts, generate labelled rows, filter them.
+
+Each stage builds its step's config (``textlora.augment``) from the pipeline's section, the files
+the pipeline owns and the earlier stages' results, resolves its ``auto`` settings through
+``textlora.resolve``, and records the settings it ran with in ``ctx.resolved``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from textlora.config import build
+from textlora.errors import UserError
+from textlora.stages import StageResult
+from textlora.stages.context import SYNTHETIC_SET, Context
+
+PROMPT_MODES = ("instruct", "source", "labelled")
+
+
+class Adapt:
+    """The causal LM fine-tuned on the unlabelled target texts (the eval sets' texts left out)."""
+
+    name = "adapt"
+
+    def config(self, ctx: Context):
+        from textlora.augment.adapt import AdaptConfig
+
+        settings = {**adapt_defaults(ctx.out), **ctx.config.adapt}
+        settings |= {"texts": ctx.config.target.texts, "text_column": ctx.config.target.text_column, "exclude": ctx.eval_files}
+        if ctx.config.synthetic.prompts == "labelled":
+            settings |= {"labelled": str(ctx.source_split_file()), "labelled_text_column": "text", "labelled_label_column": "label"}
+        return build(AdaptConfig, settings, "adapt.")
+
+    def key(self, ctx: Context) -> str:
+        from textlora.augment.adapt import adapt_key
+
+        return adapt_key(self.config(ctx))
+
+    def present(self, ctx: Context, result: StageResult) -> bool:
+        return (Path(result.data["lm"]) / "adapt_metrics.json").is_file()
+
+    def run(self, ctx: Context, resume: bool) -> StageResult:
+        from textlora.augment.adapt import adapt, is_adapted
+
+        acfg = self.config(ctx)
+        reused = is_adapted(acfg)  # made by another pipeline that shares this output_dir: no new work
+        adapt(acfg, reuse=True)  # a killed adaptation continues from its own checkpoints
+        m = json.loads((Path(acfg.output_dir) / "adapt_metrics.json").read_text())
+        note = ("reused " + acfg.output_dir + "; " if reused else "") + (
+            f"perplexity {m['perplexity_before']:.1f} -> {m['perplexity_after']:.1f} on {m['heldout_texts']} held-out target texts"
+        )
+        if m.get("labelled_rows"):
+            note += f"; {m['labelled_rows']:,} labelled source rows"
+        data = {"lm": acfg.output_dir, "max_length": m.get("max_length", acfg.max_length), "perplexity_after": m["perplexity_after"]}
+        return StageResult(m.get("target_texts", m["train_texts"]), note, data)
+
+    def use(self, ctx: Context, result: StageResult) -> None:
+        ctx.resolved[self.name] = {**asdict(self.config(ctx)), "max_length": result.data.get("max_length")}
+
+
+def adapt_defaults(out: Path) -> dict:
+    """The pipeline's own defaults for the adapt section (the verb's are AdaptConfig's)."""
+    return {"max_length": "auto", "output_dir": str(out / "lm")}
+
+
+class Generate:
+    """Labelled target-style rows from class prompts (made from the data unless a prompt file is given)."""
+
+    name = "generate"
+
+    def config(self, ctx: Context):
+        from textlora.augment.generate import GenerateConfig
+        from textlora.resolve import generation_lengths
+
+        lm = ctx.results["adapt"].data["lm"]
+        settings = {**generate_defaults(ctx), **ctx.config.generate, "model": lm, "prompts": prompt_file(ctx)}
+        auto = [k for k in ("length_mean", "length_std") if settings[k] == "auto"]
+        if auto:
+            from transformers import AutoTokenizer
+
+            measured = generation_lengths(AutoTokenizer.from_pretrained(lm), ctx.target_texts, settings.get("length_max", GenerateConfig.length_max))
+            settings |= {k: v for k, v in zip(("length_mean", "length_std"), measured) if k in auto}
+        return build(GenerateConfig, settings, "generate.")
+
+    def key(self, ctx: Context) -> str:
+        from textlora.augment.generate import generate_key
+
+        return generate_key(self._config(ctx), ctx.label_names)
+
+    def _config(self, ctx: Context):
+        if getattr(self, "_cached", None) is None or self._cached[0] is not ctx:
+            self._cached = (ctx, self.config(ctx))  # lengths are measured once a run
+        return self._cached[1]
+
+    def present(self, ctx: Context, result: StageResult) -> bool:
+        return Path(result.data["rows"]).is_file()
+
+    def run(self, ctx: Context, resume: bool) -> StageResult:
+        from textlora.augment.generate import generate, is_generated
+
+        gcfg = self._config(ctx)
+        reused = is_generated(gcfg, ctx.label_names)
+        processes = ctx.config.synthetic.processes
+        if processes > 1 and not reused:
+            _generate_sharded(gcfg, ctx.label_names, processes, ctx.out / "synthetic" / "generate.yaml")
+        else:
+            generate(gcfg, label_names=ctx.label_names, reuse=True)  # a killed generation continues from its batches
+        s = json.loads(Path(gcfg.output).with_suffix(".generate.json").read_text())
+        note = ("reused " + gcfg.output + "; " if reused else "") + (
+            f"{s['tokens_per_s']:.0f} new tokens/s, {gcfg.length_mean:.0f} +- {gcfg.length_std:.0f} tokens a row, prompts: {ctx.config.synthetic.prompts}"
+        )
+        return StageResult(s["rows_written"], note, {"rows": gcfg.output})
+
+    def use(self, ctx: Context, result: StageResult) -> None:
+        ctx.resolved[self.name] = asdict(self._config(ctx))
+
+
+def generate_defaults(ctx: Context) -> dict:
+    """The pipeline's own defaults for the generate section."""
+    return {
+        "output": str(ctx.out / "synthetic" / "rows.csv"),
+        "keep_prompt": ctx.config.synthetic.prompts == "source",
+        "length_mean": "auto",
+        "length_std": "auto",
+    }
+
+
+def prompt_file(ctx: Context) -> str:
+    """The prompt file for generate: the user's (checked against the classes) or one made from the data."""
+    from textlora.augment import prompts as P
+    from textlora.augment.generate import read_prompts
+
+    mode = ctx.config.synthetic.prompts
+    if mode not in PROMPT_MODES:
+        read_prompts(mode, ctx.label_names)  # a class missing or unknown is one line naming it
+        return mode
+    syn = ctx.config.synthetic
+    if mode == "instruct":
+        classes = P.instruct_prompts(ctx.label_names, syn.templates)
+    elif mode == "labelled":
+        classes = P.labelled_prompts(ctx.label_names)
+    else:
+        import pandas as pd
+
+        split = pd.read_csv(ctx.source_split_file(), keep_default_na=False, dtype=str)
+        classes = P.source_prompts(split["text"].tolist(), split["label"].tolist(), ctx.label_names, syn.source_prompts, syn.source_words, ctx.source.seed)
+    return str(P.write_prompts(classes, ctx.out / "prompts.yaml", f"made by textlora pipeline from the data (synthetic.prompts: {mode})"))
+
+
+def _generate_sharded(gcfg, label_names: list[str], processes: int, config_file: Path) -> None:
+    """``textlora generate`` under torchrun: each process takes every processes-th batch, process 0
+    writes the rows; the same rows as one process writes. A killed run continues from its batches."""
+    import yaml
+
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(yaml.safe_dump(asdict(gcfg), sort_keys=False))
+    threads = max(1, len(os.sched_getaffinity(0)) // processes)  # each process a share of the cores
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), "-m", "textlora", "generate"]
+    cmd += ["--config", str(config_file), "--reuse", "--label-names", *label_names]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    print(f"generate: {processes} processes of {threads} thread(s) under torchrun", flush=True)
+    tail = []
+    with subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent) as proc:
+        try:
+            for line in proc.stderr:  # passed on as it comes (progress bars), the last lines kept for the error
+                sys.stderr.write(line)
+                tail = (tail + [line.rstrip()])[-20:]
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+    if proc.returncode != 0:
+        errors = [line for line in tail if "textlora generate: error:" in line]
+        if errors:
+            raise UserError(errors[0].split("error: ", 1)[1])
+        raise UserError(f"generate under torchrun failed (exit {proc.returncode}): {tail[-1] if tail else 'no message'}")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: receive SIGTERM when the pipeline's process ends (Linux), so that a
+    killed pipeline leaves no generation running behind it."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Filter:
+    """Length, garbage and duplicates; a held-out share as the eval set ``synthetic``; then the label check."""
+
+    name = "filter"
+
+    def config(self, ctx: Context):
+        from textlora.augment.filter import FilterConfig
+
+        rows = ctx.results["generate"].data["rows"]
+        settings = {**filter_defaults(ctx.out), **ctx.config.filter}
+        settings |= {"input": rows, "real": ctx.source.data.train, "text_column": "text", "label_column": "label"}
+        return build(FilterConfig, settings, "filter.")
+
+    def _split_settings(self, ctx: Context) -> dict:
+        syn = ctx.config.synthetic
+        return {"dev_fraction": syn.dev_fraction, "seed": ctx.source.seed, "check": syn.check, "check_max_noise": syn.check_max_noise}
+
+    def key(self, ctx: Context) -> str:
+        from textlora.fsutil import fingerprint
+
+        fcfg = self.config(ctx)
+        return fingerprint(
+            {**asdict(fcfg), **self._split_settings(ctx)}, [fcfg.input, fcfg.real, fcfg.classifier], paths=("input", "output", "real", "classifier")
+        )
+
+    def present(self, ctx: Context, result: StageResult) -> bool:
+        return Path(result.data["train"]).is_file()
+
+    def run(self, ctx: Context, resume: bool) -> StageResult:
+        from textlora.augment.filter import filter_rows
+
+        fcfg = self.config(ctx)
+        syn = ctx.config.synthetic
+        filtered = Path(fcfg.output)
+        train_file, dev_file = filtered.parent / "train.csv", filtered.parent / "heldout.csv"
+        filter_rows(fcfg, overwrite=True)
+        report = json.loads(filtered.with_suffix(".report.json").read_text())  # the filter step's own report
+        n_train, n_dev = split_synthetic(filtered, train_file, dev_file, syn.dev_fraction, ctx.source.seed)
+        empty = [n for n in ctx.label_names if report["rows_out_per_class"].get(n, 0) == 0]
+        note = f"{report['rows_in']:,} in; {n_train:,} train, {n_dev:,} held out as eval set '{SYNTHETIC_SET}'"
+        check = _label_check(ctx, train_file) if syn.check else None
+        if check and "skipped" not in check:
+            verdict = "kept" if check["passed"] else "dropped"
+            note += f"; label check: probe dev {check['dev']:.3f}, held-out rows {check['heldout']:.3f}, ~{check['noise']:.0%} mislabelled -> rows {verdict}"
+        data = {"train": str(train_file), "heldout": str(dev_file), "n_dev": n_dev, "classes_with_no_rows": empty, "check": check}
+        return StageResult(report["rows_out"], note, data)
+
+    def use(self, ctx: Context, result: StageResult) -> None:
+        d = result.data
+        ctx.resolved[self.name] = {**asdict(self.config(ctx)), **self._split_settings(ctx)}
+        for name in d.get("classes_with_no_rows", []):
+            ctx.note(f"class '{name}' has no synthetic rows after filtering; the classifier trains without synthetic rows of it", warn=True)
+        check = d.get("check") or {}
+        if "skipped" in check:
+            ctx.note(f"label check skipped: {check['skipped']}")
+        if check.get("passed") is False:
+            ctx.note(
+                f"the generated rows failed the label check: a bag-of-words probe predicts {check['heldout']:.1%} of held-out generated rows "
+                f"against {check['dev']:.1%} of the dev split, so ~{check['noise']:.0%} of them look mislabelled (synthetic.check_max_noise: "
+                f"{check['max_noise']}); the classifier trains on the source rows alone (synthetic.check: false keeps the rows)",
+                warn=True,
+            )
+        else:
+            ctx.extra_train.append(d["train"])
+        if d.get("n_dev"):
+            ctx.eval_sets[SYNTHETIC_SET] = d["heldout"]
+
+
+def filter_defaults(out: Path) -> dict:
+    """The pipeline's own defaults for the filter section."""
+    return {"output": str(out / "synthetic" / "rows.filtered.csv")}
+
+
+def split_synthetic(filtered: Path, train_file: Path, dev_file: Path, fraction: float, seed: int) -> tuple[int, int]:
+    """Hold out ``fraction`` of each class's filtered rows (seeded) as target-style rows the classifier never trains on."""
+    import numpy as np
+    import pandas as pd
+
+    df = pd.read_csv(filtered, keep_default_na=False, dtype={"label": str})
+    rng = np.random.default_rng([seed, 7])
+    dev_idx = []
+    for _, group in df.groupby("label", sort=False):
+        n = int(round(len(group) * fraction)) if len(group) > 1 else 0
+        dev_idx += list(rng.permutation(group.index.to_numpy())[:n])
+    dev = df.loc[sorted(dev_idx)]
+    df.drop(index=dev.index).to_csv(train_file, index=False)
+    dev.to_csv(dev_file, index=False)
+    return len(df) - len(dev), len(dev)
+
+
+def _label_check(ctx: Context, train_file: Path) -> dict:
+    """The label check on the rows the classifier would train on (textlora.augment.check)."""
+    import pandas as pd
+
+    from textlora.augment.check import MIN_ROWS, label_check
+
+    cfg = ctx.source
+    if cfg.data.multi_label or cfg.data.text_pair_column:
+        return {"skipped": "it checks single-label, single-text rows"}
+    rows = pd.read_csv(train_file, keep_default_na=False, dtype={"label": str})
+    if len(rows) < MIN_ROWS:
+        return {"skipped": f"{len(rows)} generated rows to train on, fewer than the {MIN_ROWS} it needs"}
+    splits = ctx.source_splits()
+    names = splits.label_names
+    source = (splits.train_texts, [names[k] for k in splits.train_labels])
+    dev = (splits.val_texts, [names[k] for k in splits.val_labels])
+    return label_check(source, dev, (rows["text"].tolist(), rows["label"].tolist()), ctx.config.synthetic.check_max_noise, seed=cfg.seed)
