@@ -12,9 +12,9 @@ from pathlib import Path
 import yaml
 
 from tests.conftest import make_texts, write_config
-from textlora.registry import base_model_id, is_local_base
 from textlora.cli import main
 from textlora.models import resolve_model_path
+from textlora.registry import base_model_id, is_local_base
 
 
 def _front_matter(card: str) -> dict:

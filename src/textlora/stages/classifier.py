@@ -151,6 +151,8 @@ class Evaluate:
 
         files = {"dev": str(ctx.run / "dev.csv"), **ctx.eval_sets}
         results = evaluate(str(ctx.run), list(files.values()), output_dir=str(ctx.out / "eval"), overwrite=True)
+        if len(files) == 1:  # evaluate gives one file's metrics directly
+            results = {files["dev"]: results}
         keys = ("accuracy", "accuracy_se", "macro_f1")
         metrics = {
             name: {**{k: round(results[f][k], 4) for k in keys}, "n": results[f]["n"], "near_copies": results[f]["near_copies"]} for name, f in files.items()
