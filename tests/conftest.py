@@ -90,14 +90,14 @@ def data_dir(tmp_path) -> Path:
     return tmp_path
 
 
-def write_config(path: Path, model: Path, train_file: Path, out: Path, **sections) -> Path:
+def write_config(path: Path, model_dir: Path, train_file: Path, out: Path, **sections) -> Path:
     """A small training config for the tiny model; ``sections`` override whole keys (train={...})."""
     import yaml
 
     cfg = {
         "output_dir": str(out),
         "seed": 7,
-        "model": {"name": str(model), "max_length": 32},
+        "model": {"name": str(model_dir), "max_length": 32},
         "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["query", "value"], "bias": "none"},
         "data": {"train": str(train_file), "val_fraction": 0.25, "label_names": ["sports", "business", "science"]},
         "train": {"epochs": 3, "batch_size": 8, "learning_rate": 0.01, "precision": "fp32", "logging_steps": 2, "eval_batch_size": 16},

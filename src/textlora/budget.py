@@ -50,11 +50,12 @@ def _matches(name: str, target: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
-def _shapes(model, head_kind: str = "standard", head_hidden: int = 64):
+def _shapes(model, head_kind: str = "standard", head_hidden: int = 64, layers: list[int] | None = None):
     """(linear modules as (name, in, out, has_bias), head parameter count, all biases outside the head).
 
     A non-standard head on a BERT-like model also removes its pooler (see textlora.heads), so the
-    pooler's layers are left out then.
+    pooler's layers are left out then. With ``layers`` (``lora.layers`` as indices) the other
+    transformer blocks and the embeddings are left out: nothing in them trains.
     """
     import torch
 
@@ -64,6 +65,8 @@ def _shapes(model, head_kind: str = "standard", head_hidden: int = 64):
     skip = ()
     if head_kind != "standard" and classifier_input_dims(model) == 2:
         skip = (f"{model.base_model_prefix}.pooler",)
+    if layers is not None:
+        skip += _outside(model, layers)
     linears, head, biases = [], 0, {}
     for name, module in model.named_modules():
         if any(name == s or name.startswith(s + ".") for s in skip):
@@ -82,6 +85,18 @@ def _shapes(model, head_kind: str = "standard", head_hidden: int = 64):
     return linears, head, biases
 
 
+def _outside(model, layers: list[int]) -> tuple[str, ...]:
+    """Module names of everything outside the transformer blocks in ``layers`` and the head: nothing there trains."""
+    from textlora.models import HEAD_NAMES
+    from textlora.prefix import layer_list
+
+    _, _, blocks = layer_list(model)
+    names = {id(m): n for n, m in model.named_modules()}
+    inside = [names[id(blocks[i])] for i in layers]
+    keep = lambda n: any(n == k or n.startswith(k + ".") or k.startswith(n + ".") for k in inside) or any(n == h or n.startswith(h + ".") for h in HEAD_NAMES)  # noqa: E731
+    return tuple(n for n in names.values() if n and not keep(n))
+
+
 def _adapter_count(method: str, r: int, fan_in: int, fan_out: int) -> int:
     if method == "vera":  # trained: a scaling vector over the rank and one over the outputs
         return r + fan_out
@@ -89,10 +104,18 @@ def _adapter_count(method: str, r: int, fan_in: int, fan_out: int) -> int:
 
 
 def count_plan(
-    model, targets: list[str], r: int, bias: str, head_kind: str = "standard", method: str = "lora", head_hidden: int = 64, shapes=None
+    model,
+    targets: list[str],
+    r: int,
+    bias: str,
+    head_kind: str = "standard",
+    method: str = "lora",
+    head_hidden: int = 64,
+    shapes=None,
+    layers: list[int] | None = None,
 ) -> tuple[int, int, int]:
     """(adapter, head, bias) trainable counts that peft would give ``model`` with these settings."""
-    linears, head, biases = shapes or _shapes(model, head_kind, head_hidden)
+    linears, head, biases = shapes or _shapes(model, head_kind, head_hidden, layers)
     chosen = [(n, i, o, b) for n, i, o, b in linears if any(_matches(n, t) for t in targets)]
     lora = sum(_adapter_count(method, r, i, o) for _, i, o, _ in chosen)
     if bias == "all":
@@ -119,9 +142,11 @@ def choose_head(model, budget: int, head_hidden: int = 64) -> str:
     return "standard" if head <= HEAD_SHARE * budget else "linear"
 
 
-def plan_options(model, budget: int, head_kind: str = "standard", method: str = "lora", head_hidden: int = 64) -> list[Plan]:
+def plan_options(
+    model, budget: int, head_kind: str = "standard", method: str = "lora", head_hidden: int = 64, layers: list[int] | None = None
+) -> list[Plan]:
     """Every (group, rank, bias) option for this head and method that fits ``budget``, best first."""
-    shapes = _shapes(model, head_kind, head_hidden)
+    shapes = _shapes(model, head_kind, head_hidden, layers)
     options = []
     for gi, (group, targets) in enumerate(groups_for(model).items()):
         for r in VERA_RANKS if method == "vera" else RANKS:
@@ -133,13 +158,15 @@ def plan_options(model, budget: int, head_kind: str = "standard", method: str = 
     return [t[3] for t in options]
 
 
-def choose_plan(model, budget: int, head_kind: str = "standard", method: str = "lora", head_hidden: int = 64) -> Plan:
+def choose_plan(
+    model, budget: int, head_kind: str = "standard", method: str = "lora", head_hidden: int = 64, layers: list[int] | None = None
+) -> Plan:
     """The broadest module group at the largest rank that fits, then the most biases that still fit."""
     if head_kind == "auto":
         head_kind = choose_head(model, budget, head_hidden)
-    options = plan_options(model, budget, head_kind, method, head_hidden)
+    options = plan_options(model, budget, head_kind, method, head_hidden, layers)
     if not options:
-        linears, head, _ = _shapes(model, head_kind, head_hidden)
+        linears, head, _ = _shapes(model, head_kind, head_hidden, layers)
         smallest_group = groups_for(model)["query+value"]  # the smallest option: rank 1 (VeRA: its lowest rank) there, no biases
         r = VERA_RANKS[-1] if method == "vera" else 1
         smallest = head + sum(_adapter_count(method, r, i, o) for n, i, o, _ in linears if any(_matches(n, t) for t in smallest_group))
@@ -171,8 +198,15 @@ def planned(config, model):
     if config.model.head == "auto":
         config.model.head = choose_head(model, budget, config.model.head_hidden)
     if config.lora.auto:
-        config = with_plan(config, choose_plan(model, budget, config.model.head, config.lora.method, config.model.head_hidden))
+        config = with_plan(config, choose_plan(model, budget, config.model.head, config.lora.method, config.model.head_hidden, plan_layers(config, model)))
     return config
+
+
+def plan_layers(config, model) -> list[int] | None:
+    """``lora.layers`` as indices for the planner (None: every layer)."""
+    from textlora.models import layer_indices
+
+    return None if config.lora.layers is None else layer_indices(config.lora.layers, model.config.num_hidden_layers)
 
 
 def with_plan(config, plan: Plan):
@@ -192,7 +226,8 @@ def _plan_table(config, base, num_labels: int) -> tuple[str, Plan]:
     from textlora.heads import HEADS
 
     budget, hidden = config.budget.max_trainable_params, config.model.head_hidden
-    chosen = choose_plan(base, budget, config.model.head, config.lora.method, hidden)
+    layers = plan_layers(config, base)
+    chosen = choose_plan(base, budget, config.model.head, config.lora.method, hidden, layers)
     row = "  {:<9} {:<5} {:<17} {:>4} {:<10} {:>10} {:>9} {:>9} {:>10}{}"
     lines = [
         f"plan for {config.model.name}, {num_labels} classes, budget {budget:,}:",
@@ -207,7 +242,7 @@ def _plan_table(config, base, num_labels: int) -> tuple[str, Plan]:
         )
 
     shown = set()
-    for p in plan_options(base, budget, chosen.head_kind, chosen.method, hidden):
+    for p in plan_options(base, budget, chosen.head_kind, chosen.method, hidden, layers):
         if (p.group, p.bias) not in shown:  # the largest rank per (group, bias) is enough to compare
             shown.add((p.group, p.bias))
             show(p)
@@ -215,7 +250,7 @@ def _plan_table(config, base, num_labels: int) -> tuple[str, Plan]:
     for head_kind in HEADS if config.model.head == "auto" else (chosen.head_kind,):
         for method in ("lora", "dora", "vera"):
             if (head_kind, method) != (chosen.head_kind, chosen.method):
-                options = plan_options(base, budget, head_kind, method, hidden)
+                options = plan_options(base, budget, head_kind, method, hidden, layers)
                 if options:
                     show(options[0])
     lines.append(

@@ -24,6 +24,8 @@ RESUMABLE_CHANGES = {
     "train.logging_steps",
     "train.save_total_limit",
     "train.early_stopping_patience",
+    "train.prefix_cache",  # the cache changes how fast, not what is computed
+    "train.prefix_cache_memory_gb",
 }
 
 

@@ -58,6 +58,7 @@ class LoraSettings:
     bias: str = "all"  # which biases train: none | all | lora_only
     method: str = "lora"  # lora | dora (LoRA plus a learned magnitude per output) | vera (shared frozen random matrices, trained scaling vectors)
     auto: bool = False  # let the budget planner choose r, alpha, target_modules and bias (write `lora: auto`)
+    layers: int | list[int] | None = None  # LoRA (and trained biases) in the top k layers (an integer) or in these layers (0 = the lowest); None: every layer
 
     def __post_init__(self) -> None:
         check(self.r >= 1, "lora.r", "an integer >= 1", self.r)
@@ -65,6 +66,10 @@ class LoraSettings:
         check(self.target_modules is None or len(self.target_modules) > 0, "lora.target_modules", "a non-empty list or null", self.target_modules)
         check(self.bias in ("none", "all", "lora_only"), "lora.bias", "none, all or lora_only", self.bias)
         check(self.method in ("lora", "dora", "vera"), "lora.method", "lora, dora or vera", self.method)
+        if isinstance(self.layers, int):
+            check(self.layers >= 1, "lora.layers", "a number of top layers >= 1, or a non-empty list of layer indices", self.layers)
+        elif self.layers is not None:
+            check(len(self.layers) > 0 and all(i >= 0 for i in self.layers), "lora.layers", "a number of top layers >= 1, or a non-empty list of layer indices >= 0", self.layers)
 
 
 @dataclass
@@ -125,6 +130,8 @@ class TrainConfig:
     early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0 = never
     label_smoothing: float = 0.0
     class_weights: str = "none"  # none | balanced (loss weights n_rows / (n_classes * n_rows_of_class))
+    prefix_cache: str = "auto"  # with lora.layers: auto (the frozen layers' output computed once, kept under the cache folder) | off (recomputed every step)
+    prefix_cache_memory_gb: float = 4.0  # a prefix cache up to this size is held in memory; a larger one is read from its memory-mapped file
 
     def __post_init__(self) -> None:
         check(self.epochs > 0, "train.epochs", "a number > 0", self.epochs)
@@ -152,6 +159,8 @@ class TrainConfig:
         check(self.early_stopping_patience >= 0, "train.early_stopping_patience", "an integer >= 0", self.early_stopping_patience)
         check(0 <= self.label_smoothing < 1, "train.label_smoothing", "a number in [0, 1)", self.label_smoothing)
         check(self.class_weights in ("none", "balanced"), "train.class_weights", "none or balanced", self.class_weights)
+        check(self.prefix_cache in ("auto", "off"), "train.prefix_cache", "auto or off", self.prefix_cache)
+        check(self.prefix_cache_memory_gb >= 0, "train.prefix_cache_memory_gb", "a number >= 0", self.prefix_cache_memory_gb)
 
 
 @dataclass

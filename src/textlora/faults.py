@@ -8,6 +8,7 @@ The N-th time this process reaches POINT, it fails there. Unset (the normal case
 | ``eval`` | training, during an evaluation | SIGKILL |
 | ``checkpoint`` | half-way through writing a checkpoint | SIGKILL |
 | ``adapt_step`` | adapt, after backward, before the optimizer step | SIGKILL |
+| ``prefix`` | training with ``lora.layers``, before each batch of the prefix cache is computed | SIGKILL |
 | ``enospc`` | an atomic file or folder write (``fsutil``) | ``OSError(ENOSPC)``, as a full disk |
 
 tests/test_crash.py uses it to show that a killed run resumes exactly and that a full disk leaves

@@ -77,10 +77,12 @@ def _load_base_model(name: str, label_names: list[str], weights: bool, attn_impl
         raise UserError(f"model '{name}': cannot load as a sequence classifier ({str(e).splitlines()[0][:200]})") from None
 
 
-def lora_config(settings):
-    """The peft config for ``settings.method``: LoRA, DoRA (LoRA with ``use_dora``) or VeRA."""
+def lora_config(settings, layers_pattern: str | None = None):
+    """The peft config for ``settings.method``: LoRA, DoRA (LoRA with ``use_dora``) or VeRA; with
+    ``settings.layers`` (a list, resolved) only in those layers (peft's ``layers_to_transform``)."""
     from peft import LoraConfig, TaskType, VeraConfig
 
+    where = {"layers_to_transform": list(settings.layers), "layers_pattern": layers_pattern} if settings.layers is not None else {}
     if settings.method == "vera":
         return VeraConfig(
             task_type=TaskType.SEQ_CLS,
@@ -89,6 +91,7 @@ def lora_config(settings):
             target_modules=list(settings.target_modules),
             bias="vera_only" if settings.bias == "lora_only" else settings.bias,
             save_projection=True,  # the frozen random matrices travel with the adapter
+            **where,
         )
     return LoraConfig(
         task_type=TaskType.SEQ_CLS,
@@ -98,23 +101,67 @@ def lora_config(settings):
         target_modules=list(settings.target_modules),
         bias=settings.bias,
         use_dora=settings.method == "dora",
+        **where,
     )
 
 
 def apply_lora(model, settings):
-    """Wrap ``model`` with LoRA (or DoRA/VeRA); the classification head is trained in full and saved with the adapter."""
+    """Wrap ``model`` with LoRA (or DoRA/VeRA); the classification head is trained in full and saved with the adapter.
+
+    With ``settings.layers`` the adapters and trained biases sit in those layers only, and the layers
+    below the lowest of them (with the embeddings) run without dropout: their output then depends on
+    the text alone, which is what lets ``textlora.prefix`` compute it once.
+    """
     from dataclasses import replace
 
     from peft import get_peft_model
 
-    from textlora.registry import lora_groups
+    from textlora.registry import family_of, lora_groups
 
     if settings.target_modules is None:  # the family's attention projections (textlora.registry)
         settings = replace(settings, target_modules=list(lora_groups(model)["attention"]))
+    if settings.layers is not None:
+        settings = replace(settings, layers=layer_indices(settings.layers, model.config.num_hidden_layers))
+    family = family_of(model)
     try:
-        return get_peft_model(model, lora_config(settings))
+        peft_model = get_peft_model(model, lora_config(settings, family.layers if family else "layer"))
     except ValueError as e:
         raise UserError(f"config: lora.target_modules {settings.target_modules}: {str(e).splitlines()[0][:200]}") from None
+    if settings.layers is not None:
+        _freeze_outside(peft_model, settings.layers)
+    return peft_model
+
+
+def layer_indices(layers: int | list[int], num_layers: int) -> list[int]:
+    """``lora.layers`` as sorted layer indices: an integer k is the top k of ``num_layers``; a bad value is one line."""
+    if isinstance(layers, int):
+        if not 1 <= layers <= num_layers:
+            raise UserError(f"config: lora.layers: expected a number of top layers in 1..{num_layers} (the model has {num_layers}), found {layers}")
+        return list(range(num_layers - layers, num_layers))
+    bad = [i for i in layers if not 0 <= i < num_layers]
+    if bad or not layers:
+        raise UserError(f"config: lora.layers: expected layer indices in 0..{num_layers - 1}, found {list(layers)}")
+    return sorted(set(layers))
+
+
+def _freeze_outside(model, layers: list[int]) -> None:
+    """Only ``layers`` and the head train (peft's bias modes reach every bias; the pooler's and the
+    embeddings' are frozen again); the layers below the lowest one and the embeddings run without dropout."""
+    import torch
+
+    from textlora.prefix import layer_list
+
+    _, _, blocks = layer_list(model)
+    inside = {id(p) for i in layers for p in blocks[i].parameters()}
+    base = model.get_base_model()
+    for name, p in base.named_parameters():
+        if p.requires_grad and id(p) not in inside and not any(f".{h}." in f".{name}" for h in HEAD_NAMES):
+            p.requires_grad_(False)
+    below = [blocks[i] for i in range(min(layers))] + [m for n, m in base.named_modules() if n.endswith("embeddings")]
+    for part in below:
+        for m in part.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
 
 
 @dataclass

@@ -34,7 +34,8 @@ def resolve(config, label_names: list[str], train_texts: list, length_texts: lis
     - ``model.max_length: auto``: the 90th percentile of the token lengths of ``length_texts``
       (the texts the classifier is made for; default: the training texts), a multiple of 8, at
       most 512 and the model's position limit;
-    - ``lora.target_modules`` unset: the model family's attention projections.
+    - ``lora.target_modules`` unset: the model family's attention projections;
+    - ``lora.layers`` as a number k: the indices of the top k layers.
     """
     from textlora.budget import planned
     from textlora.models import load_base_model, load_tokenizer
@@ -44,6 +45,10 @@ def resolve(config, label_names: list[str], train_texts: list, length_texts: lis
         config = planned(config, load_base_model(config.model.name, label_names, weights=False, multi_label=config.data.multi_label))
     if config.lora.target_modules is None:
         config.lora.target_modules = default_targets(config.model.name)
+    if isinstance(config.lora.layers, int):  # the top k: as layer indices, which is what peft records
+        from textlora.models import layer_indices
+
+        config.lora.layers = layer_indices(config.lora.layers, _model_config(config.model.name).num_hidden_layers)
     if config.model.max_length == "auto":
         config.model.max_length = classifier_length(config.model.name, train_texts if length_texts is None else length_texts)
     if config.model.max_length_percentile is not None:
@@ -95,15 +100,21 @@ def generation_lengths(tokenizer, texts: list[str], cap: int) -> tuple[float, fl
     return float(round(lengths.mean(), 1)), float(round(max(lengths.std(), 1.0), 1))
 
 
-def default_targets(model_name: str) -> list[str]:
-    """The LoRA targets of an unset ``lora.target_modules``: the family's attention projections (BERT's for an unknown family)."""
+def _model_config(model_name: str):
     from transformers import AutoConfig
 
-    from textlora.registry import BERT_GROUPS, family_for, resolve_model_path
+    from textlora.errors import UserError
+    from textlora.registry import resolve_model_path
 
     try:
-        model_type = AutoConfig.from_pretrained(resolve_model_path(model_name)).model_type
-    except (OSError, ValueError):
-        model_type = None  # the model's own loader says what is wrong, one step later
-    family = family_for(model_type)
+        return AutoConfig.from_pretrained(resolve_model_path(model_name))
+    except (OSError, ValueError) as e:
+        raise UserError(f"model '{model_name}': cannot read its config ({str(e).splitlines()[0][:200]})") from None
+
+
+def default_targets(model_name: str) -> list[str]:
+    """The LoRA targets of an unset ``lora.target_modules``: the family's attention projections (BERT's for an unknown family)."""
+    from textlora.registry import BERT_GROUPS, family_for
+
+    family = family_for(_model_config(model_name).model_type)
     return family.default_targets if family else list(BERT_GROUPS["attention"])

@@ -157,6 +157,9 @@ class Session:
     core: object = None  # the peft model
     model: object = None  # core, or core wrapped in DDP
     breakdown: object = None
+    prefix: object = None  # textlora.prefix.PrefixCache, with lora.layers
+    prefix_split: int = 0  # the first layer with LoRA: the cache holds what enters it
+    prefix_info: dict | None = None  # what the run says of its cache (metrics.json)
     # _setup_schedule
     per_rank: int = 0  # batches each rank takes per epoch
     steps_per_epoch: int = 0
@@ -244,6 +247,49 @@ def _setup_model(s: Session) -> None:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         s.model = DDP(s.core, device_ids=[s.device.index] if s.device.type == "cuda" else None)
+    _setup_prefix(s)
+
+
+def _setup_prefix(s: Session) -> None:
+    """With ``lora.layers``: the frozen layers' output for every text, computed once (or read back) and used by every step and evaluation."""
+    from textlora.fsutil import cache_dir
+    from textlora.prefix import prefix_cache
+
+    layers, cfg = s.config.lora.layers, s.config.train
+    if layers is None:
+        return
+    s.prefix_split = min(layers)
+    if cfg.prefix_cache == "off" or s.prefix_split == 0:
+        s.prefix_info = {"used": False, "why": "train.prefix_cache: off" if cfg.prefix_cache == "off" else "LoRA starts at layer 0: nothing is frozen below it"}
+        return
+    everything = [*s.train_enc, *s.val_enc, *(ids for enc, _ in s.sets_enc.values() for ids in enc)]
+    t0 = time.perf_counter()
+    try:
+        s.prefix = prefix_cache(
+            s.core, everything, s.prefix_split, precision=s.precision, device=s.device, root=cache_dir() / "prefix", max_memory_gb=cfg.prefix_cache_memory_gb
+        )
+    except (UserError, OSError) as e:  # no room on disk, say: train without it
+        s.prefix_info = {"used": False, "why": f"could not be written ({str(e).splitlines()[0][:160]})"}
+        print(f"prefix cache off: {s.prefix_info['why']}; the frozen layers run every step", flush=True)
+        return
+    p = s.prefix
+    gb = float(p.lengths.sum()) * s.core.config.hidden_size * (2 if s.precision == "bf16" else 4) / 2**30
+    s.prefix_info = {"used": True, "split": s.prefix_split, "texts": len(p.lengths), "gb": round(gb, 3), "where": p.where, "built": p.built}
+    s.prefix_info["seconds"] = round(time.perf_counter() - t0, 1)
+    if s.dist.main:
+        how = "computed" if p.built else "read back"
+        print(
+            f"prefix cache: the output of layers 0-{s.prefix_split - 1} for {len(p.lengths):,} distinct texts {how} in {s.prefix_info['seconds']:.0f} s "
+            f"({gb:.2f} GB, {'in memory' if p.where == 'memory' else 'memory-mapped'}; {p.path})",
+            flush=True,
+        )
+
+
+def _prefix(s: Session):
+    """Inside it, forward passes run from the prefix cache (when there is one)."""
+    from textlora.prefix import attached
+
+    return attached(s.core, s.prefix, s.prefix_split) if s.prefix is not None else contextlib.nullcontext()
 
 
 def _setup_schedule(s: Session) -> None:
@@ -353,7 +399,7 @@ def _optimizer_step(s: Session, micro: list, labels, loss_fn) -> None:
         y = labels[idx].to(s.device)
         sync = j == len(micro) - 1 or s.dist.world == 1
         with s.model.no_sync() if not sync else contextlib.nullcontext():
-            with autocast(s.precision, s.device):
+            with autocast(s.precision, s.device), _prefix(s):
                 logits = s.model(input_ids=ids.to(s.device), attention_mask=mask.to(s.device)).logits
             loss = loss_fn(logits.float(), y) / len(micro)
             (s.scaler.scale(loss) if s.scaler else loss).backward()
@@ -392,8 +438,9 @@ def _eval_and_checkpoint(s: Session) -> bool:
     if s.dist.main:
         fault("eval")
         names = s.splits.label_names
-        m = _evaluate(s.core, s.val_enc, s.splits.val_labels, s.pad_id, cfg, s.precision, s.device, names)
-        sets = {n: _evaluate(s.core, enc, labels, s.pad_id, cfg, s.precision, s.device, names) for n, (enc, labels) in s.sets_enc.items()}
+        with _prefix(s):
+            m = _evaluate(s.core, s.val_enc, s.splits.val_labels, s.pad_id, cfg, s.precision, s.device, names)
+            sets = {n: _evaluate(s.core, enc, labels, s.pad_id, cfg, s.precision, s.device, names) for n, (enc, labels) in s.sets_enc.items()}
         entry = {"step": fit.global_step, "epoch": round(fit.global_step / s.steps_per_epoch, 4), **m}
         if sets:
             entry["eval_sets"] = sets
@@ -464,5 +511,6 @@ def _write_run_dir(s: Session) -> None:
         "precision": s.precision,
         "trainable_params": s.breakdown.as_dict(),
         "data": s.splits.counts,
+        "prefix_cache": s.prefix_info,
     }
     write_run(s.out, s.core, s.tokenizer, s.config, s.splits, s.breakdown, metrics)

@@ -1,0 +1,247 @@
+"""Top-k LoRA's cached frozen prefix: the hidden states that enter the first trained layer, computed
+once per text and reused by every epoch, evaluation, seed and rerun.
+
+With LoRA (and trained biases) only in the top layers of an encoder and dropout off below them, the
+states that enter layer ``split`` depend on the text alone. :func:`prefix_cache` computes them once
+(in bf16 where the CPU has it, else fp32), keeps them on disk under the cache folder, keyed by the
+token ids, the model's weights and the split, so that another seed (another split of the same rows)
+or a rerun reads them back instead of paying for them again; a file that does not match its
+manifest (truncated, another model) is rebuilt with a line that says so, never used.
+
+:func:`attached` then runs a model from the cache: the encoder's layer list is cut to the layers from
+``split`` up, and the states of each batch are looked up by each row's token ids and put in front of
+the first kept layer. Every forward pass inside it (training steps, ``predict_logits``) skips the
+frozen prefix; the embeddings still run (a lookup), so nothing else changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from textlora.errors import UserError
+
+MANIFEST = "manifest.json"
+DATA = "states.bin"
+
+
+@dataclass
+class PrefixCache:
+    """The states of each distinct token sequence: rows ``offsets[i]:offsets[i] + lengths[i]`` of ``data`` ([tokens, hidden])."""
+
+    index: dict  # token ids (as bytes) -> sequence number
+    offsets: np.ndarray
+    lengths: np.ndarray
+    data: object  # torch tensor [total tokens, hidden] (in memory, or over a memory-mapped file)
+    where: str  # memory | disk (memory-mapped)
+    path: Path
+    built: bool  # computed in this call (False: read back)
+
+    def states(self, ids, mask):
+        """[batch, width, hidden] float32 states for a padded batch, zeros at the padding."""
+        import torch
+
+        width = ids.shape[1]
+        out = torch.zeros((ids.shape[0], width, self.data.shape[1]), dtype=torch.float32)
+        for r in range(ids.shape[0]):
+            n = int(mask[r].sum())
+            j = self.index.get(_key(ids[r, :n]))
+            if j is None:
+                raise KeyError("a text that the prefix cache does not hold")
+            o = int(self.offsets[j])
+            out[r, :n] = self.data[o : o + n].float()
+        return out
+
+
+def _key(ids) -> bytes:
+    return np.asarray(ids, dtype=np.int32).tobytes()
+
+
+def layer_list(model):
+    """(parent module, attribute name, the ModuleList of transformer blocks) of an encoder, as its registry family names them."""
+    import torch
+
+    from textlora.registry import family_of
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    family = family_of(base)
+    attr = family.layers if family else "layer"
+    for module in base.modules():
+        for child_name, child in module.named_children():
+            if child_name == attr and isinstance(child, torch.nn.ModuleList):
+                return module, child_name, child
+    raise UserError(f"lora.layers: cannot find the transformer blocks ('{attr}') of model type '{getattr(base.config, 'model_type', '?')}'")
+
+
+def prefix_key(model, split: int, sequences: list[bytes], dtype: str) -> str:
+    """The cache key: the frozen weights outside the kept layers (embeddings, the layers below ``split``), the split, the dtype and the token sequences."""
+    h = hashlib.sha256(f"{split}|{dtype}".encode())
+    _, _, layers = layer_list(model)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kept = {id(p) for layer in list(layers)[split:] for p in layer.parameters()}
+    encoder = base.base_model_prefix + "."  # the encoder's own weights: not the head (nor peft's frozen copy of it) nor the pooler
+    for name, p in base.named_parameters():
+        if name.startswith(encoder) and ".pooler." not in name and id(p) not in kept and not p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().float().contiguous().cpu().numpy().tobytes())
+    for s in sorted(sequences):
+        h.update(len(s).to_bytes(4, "little"))
+        h.update(s)
+    return h.hexdigest()[:20]
+
+
+def prefix_cache(model, encoded: list[list[int]], split: int, *, precision: str, device, root: Path, max_memory_gb: float, batch_size: int = 64) -> PrefixCache:
+    """The states entering layer ``split`` for every distinct sequence of ``encoded``, from ``root`` when a
+    matching cache is there, else computed (and written there). Held in memory up to ``max_memory_gb``, else memory-mapped."""
+    import torch
+
+    distinct = list(dict.fromkeys(_key(ids) for ids in encoded))
+    store = "bf16" if precision == "bf16" else "fp32"
+    key = prefix_key(model, split, distinct, store)
+    folder = Path(root) / key
+    hidden = model.config.hidden_size
+    lengths = np.array([len(s) // 4 for s in distinct], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    itemsize = 2 if store == "bf16" else 4
+    expected = int(lengths.sum()) * hidden * itemsize
+    problem = _check(folder, key, len(distinct), expected)
+    built = problem is not None
+    if built:
+        import shutil
+
+        from textlora.fsutil import hold_lock
+
+        with hold_lock(Path(root) / f".{key}.lock", what=f"prefix cache {folder}"):
+            problem = _check(folder, key, len(distinct), expected)  # another process may have made it meanwhile
+            if problem is not None:
+                if problem != "none there":
+                    print(f"prefix cache {folder}: {problem}; rebuilding it", flush=True)
+                for stale in Path(root).glob(f".{key}.*.tmp"):  # left by a killed build
+                    shutil.rmtree(stale, ignore_errors=True)
+                _build(model, distinct, lengths, offsets, split, folder, key, store, hidden, precision, device, batch_size)
+    dtype = torch.bfloat16 if store == "bf16" else torch.float32
+    in_memory = expected <= max_memory_gb * 2**30
+    raw = (
+        np.fromfile(folder / DATA, dtype=np.uint16 if store == "bf16" else np.float32)
+        if in_memory
+        else np.memmap(folder / DATA, mode="r", dtype=np.uint16 if store == "bf16" else np.float32)
+    )
+    data = torch.from_numpy(np.asarray(raw)).view(dtype).reshape(-1, hidden) if in_memory else _MappedRows(raw, hidden, dtype)
+    index = {s: i for i, s in enumerate(distinct)}
+    return PrefixCache(index, offsets, lengths, data, "memory" if in_memory else "disk", folder, built)
+
+
+class _MappedRows:
+    """Rows of a memory-mapped states file, read on demand (the page cache keeps what is hot)."""
+
+    def __init__(self, raw, hidden: int, dtype):
+        self.raw, self.hidden, self.dtype = raw, hidden, dtype
+        self.shape = (len(raw) // hidden, hidden)
+
+    def __getitem__(self, rows: slice):
+        import torch
+
+        part = np.array(self.raw[rows.start * self.hidden : rows.stop * self.hidden])
+        return torch.from_numpy(part).view(self.dtype).reshape(-1, self.hidden)
+
+
+def _check(folder: Path, key: str, n: int, expected_bytes: int) -> str | None:
+    """None when ``folder`` holds this very cache, whole; else what is wrong with it."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return "none there"
+    try:
+        m = json.loads(manifest.read_text())
+    except ValueError:
+        return "its manifest is unreadable"
+    if m.get("key") != key or m.get("sequences") != n:
+        return "it was made for other texts or another model"
+    size = (folder / DATA).stat().st_size if (folder / DATA).is_file() else -1
+    if size != expected_bytes:
+        return f"its states file has {size:,} bytes, not {expected_bytes:,} (truncated)"
+    return None
+
+
+def _build(model, distinct, lengths, offsets, split, folder: Path, key: str, store: str, hidden: int, precision: str, device, batch_size: int) -> None:
+    """Run the model up to layer ``split`` over every sequence and write the states (atomically, with their manifest)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from textlora.device import autocast
+    from textlora.faults import fault
+    from textlora.fsutil import atomic_dir
+    from textlora.runtime import pad_batch, sorted_batches
+
+    seqs = [np.frombuffer(s, dtype=np.int32).tolist() for s in distinct]
+    _, _, layers = layer_list(model)
+    captured = {}
+
+    class _Stop(Exception):
+        pass
+
+    def grab(_module, args, kwargs):
+        captured["h"] = args[0] if args else kwargs["hidden_states"]
+        raise _Stop
+
+    was_training = model.training
+    model.eval()
+    handle = layers[split].register_forward_pre_hook(grab, with_kwargs=True)
+    total = int(lengths.sum())
+    try:
+        with atomic_dir(folder) as tmp:
+            out = np.memmap(tmp / DATA, mode="w+", dtype=np.uint16 if store == "bf16" else np.float32, shape=(total, hidden))
+            with torch.inference_mode(), autocast(precision, device):
+                for idx in tqdm(sorted_batches(lengths, batch_size), desc="prefix cache", unit="batch", mininterval=5):
+                    fault("prefix")
+                    ids, mask = pad_batch([seqs[i] for i in idx], 0)
+                    try:
+                        model(input_ids=ids.to(device), attention_mask=mask.to(device))
+                    except _Stop:
+                        pass
+                    h = captured.pop("h").to(torch.bfloat16 if store == "bf16" else torch.float32).cpu()
+                    raw = h.view(torch.int16).numpy().view(np.uint16) if store == "bf16" else h.numpy()
+                    for r, i in enumerate(idx):
+                        out[offsets[i] : offsets[i] + lengths[i]] = raw[r, : lengths[i]]
+            out.flush()
+            del out
+            (tmp / MANIFEST).write_text(json.dumps({"key": key, "sequences": len(distinct), "tokens": total, "hidden": hidden, "dtype": store, "split": split}))
+    finally:
+        handle.remove()
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def attached(model, cache: PrefixCache, split: int):
+    """Inside it, ``model`` runs from ``cache``: layers below ``split`` are skipped and their output is looked up by token ids."""
+    parent, attr, layers = layer_list(model)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    batch = {}
+
+    def capture(_module, args, kwargs):
+        batch["ids"] = kwargs.get("input_ids", args[0] if args else None)
+        batch["mask"] = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+
+    def inject(_module, args, kwargs):
+        ids, mask = batch["ids"], batch["mask"]
+        h = args[0] if args else kwargs["hidden_states"]
+        states = cache.states(ids.cpu(), mask.cpu()).to(device=h.device, dtype=h.dtype)
+        if args:
+            return (states, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": states}
+
+    import torch
+
+    kept = torch.nn.ModuleList(list(layers)[split:])
+    hooks = [base.register_forward_pre_hook(capture, with_kwargs=True), kept[0].register_forward_pre_hook(inject, with_kwargs=True)]
+    setattr(parent, attr, kept)
+    try:
+        yield
+    finally:
+        setattr(parent, attr, layers)
+        for h in hooks:
+            h.remove()

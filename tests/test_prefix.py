@@ -1,0 +1,149 @@
+"""Top-k LoRA with a cached frozen prefix: the same training as without the cache, an ordinary peft
+adapter, a cache that is rebuilt when it does not match, and a kill while caching or training resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from textlora.cli import main
+
+from .conftest import fails, write_config
+
+TOP = dict(
+    lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["query", "value"], "bias": "all", "layers": 1}, model={"max_length": 32, "dropout": 0.0}
+)
+
+
+def _cfg(tmp_path, tiny_bert, data_dir, name, **train):
+    return write_config(tmp_path / f"{name}.yaml", tiny_bert, data_dir / "train.csv", tmp_path / name, train={"epochs": 2, **train}, **TOP)
+
+
+def _metrics(tmp_path, name) -> dict:
+    return json.loads((tmp_path / name / "metrics.json").read_text())
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEXTLORA_CACHE", str(tmp_path / "cache"))
+
+
+def test_cached_and_uncached_training_agree(tmp_path, tiny_bert, data_dir, capsys):
+    assert main(["train", "--config", str(_cfg(tmp_path, tiny_bert, data_dir, "plain", prefix_cache="off"))]) == 0
+    assert main(["train", "--config", str(_cfg(tmp_path, tiny_bert, data_dir, "cached"))]) == 0
+    out = capsys.readouterr().out
+    assert "prefix cache: the output of layers 0-0 for" in out and "computed" in out
+    plain, cached = _metrics(tmp_path, "plain"), _metrics(tmp_path, "cached")
+    assert cached["prefix_cache"]["used"] and cached["prefix_cache"]["where"] == "memory" and not plain["prefix_cache"]["used"]
+    assert [e["loss"] for e in cached["train_log"]] == pytest.approx([e["loss"] for e in plain["train_log"]], rel=1e-4)
+    assert [h["loss"] for h in cached["history"]] == pytest.approx([h["loss"] for h in plain["history"]], rel=1e-4)
+    from textlora.prediction import load
+
+    texts = __import__("pandas").read_csv(data_dir / "test.csv")["text"].tolist()
+    a, b = load(str(tmp_path / "plain"), precision="fp32").logits(texts), load(str(tmp_path / "cached"), precision="fp32").logits(texts)
+    assert np.allclose(a, b, atol=1e-4)
+    # only the top layer and the head train: the lower layer's biases stay frozen, and the budget counts what trains
+    assert cached["trainable_params"]["bias"] == plain["trainable_params"]["bias"] > 0
+    saved = yaml.safe_load((tmp_path / "cached" / "config.yaml").read_text())
+    assert saved["lora"]["layers"] == [1]  # top 1 of 2, as indices
+    # a second seed (another split of the same rows) reads the cache back
+    assert main(["train", "--config", str(_cfg(tmp_path, tiny_bert, data_dir, "seed8")), "--seed", "8"]) == 0
+    assert "read back" in capsys.readouterr().out
+
+
+def test_a_run_with_lora_layers_loads_in_plain_peft(tmp_path, tiny_bert, data_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    assert main(["train", "--config", str(_cfg(tmp_path, tiny_bert, data_dir, "run"))]) == 0
+    run = tmp_path / "run"
+    adapter = json.loads((run / "adapter_config.json").read_text())
+    assert adapter["layers_to_transform"] == [1] and adapter["layers_pattern"] == "layer"
+    base = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=3)
+    model = PeftModel.from_pretrained(base, str(run)).eval()
+    tok = AutoTokenizer.from_pretrained(str(run))
+    texts = ["the goal in the match", "stock market profit today"]
+    with torch.no_grad():
+        theirs = model(**tok(texts, return_tensors="pt", padding=True)).logits.numpy()
+    from textlora.prediction import load
+
+    assert np.allclose(theirs, load(str(run), precision="fp32").logits(texts), atol=1e-4)
+
+
+def test_a_cache_that_does_not_match_is_rebuilt(tmp_path, tiny_bert, data_dir, capsys):
+    assert main(["train", "--config", str(_cfg(tmp_path, tiny_bert, data_dir, "a"))]) == 0
+    (states,) = (tmp_path / "cache" / "prefix").glob("*/states.bin")
+    with open(states, "r+b") as f:
+        f.truncate(states.stat().st_size // 2)
+    capsys.readouterr()
+    assert main(["train", "--config", str(_cfg(tmp_path, tiny_bert, data_dir, "b"))]) == 0
+    out = capsys.readouterr().out
+    assert "(truncated); rebuilding it" in out
+    assert [e["loss"] for e in _metrics(tmp_path, "b")["train_log"]] == pytest.approx([e["loss"] for e in _metrics(tmp_path, "a")["train_log"]], rel=1e-5)
+
+
+def _train(cfg, *extra, fault=None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("TEXTLORA_FAULT", None)
+    if fault:
+        env["TEXTLORA_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "textlora", "train", "--config", str(cfg), *extra], env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_killed_while_caching_or_training_resumes(tmp_path, tiny_bert, data_dir):
+    steps = {"max_steps": 12, "eval_strategy": "steps", "eval_steps": 4, "logging_steps": 1}
+    ref = _cfg(tmp_path, tiny_bert, data_dir, "ref", **steps)
+    assert main(["train", "--config", str(ref)]) == 0
+    for folder in (tmp_path / "cache" / "prefix").glob("*/"):  # start without the cache
+        __import__("shutil").rmtree(folder)
+    cfg = _cfg(tmp_path, tiny_bert, data_dir, "crash", **steps)
+    r = _train(cfg, fault="prefix:2")
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    assert not list((tmp_path / "cache" / "prefix").glob("[!.]*/"))  # nothing half-written is taken for a cache
+    r = _train(cfg, "--overwrite", fault="step:6")
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    assert "computed" in r.stdout
+    r = _train(cfg, "--resume", "last")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "read back" in r.stdout and "resuming at step 4" in r.stdout
+    a, b = _metrics(tmp_path, "ref"), _metrics(tmp_path, "crash")
+    assert [e["loss"] for e in b["train_log"]] == pytest.approx([e["loss"] for e in a["train_log"]], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "layers, message",
+    [
+        (3, "lora.layers: expected a number of top layers in 1..2 (the model has 2), found 3"),
+        ([5], "lora.layers: expected layer indices in 0..1, found [5]"),
+        ([], "lora.layers: expected a number of top layers >= 1, or a non-empty list"),
+    ],
+)
+def test_lora_layers_out_of_range_is_one_line(tmp_path, tiny_bert, data_dir, capsys, layers, message):
+    cfg = write_config(tmp_path / "c.yaml", tiny_bert, data_dir / "train.csv", tmp_path / "run", lora={**TOP["lora"], "layers": layers})
+    fails(capsys, ["train", "--config", str(cfg)], message)
+
+
+@pytest.mark.parametrize("bias", ["all", "lora_only", "none"])
+def test_the_planner_counts_top_k_as_peft_trains_it(tiny_bert, bias):
+    from transformers import AutoModelForSequenceClassification
+
+    from textlora.budget import count_plan
+    from textlora.config import LoraSettings
+    from textlora.models import apply_lora, count_trainable
+
+    def base():
+        return AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=3)
+
+    lora, head, nb = count_plan(base(), ["query", "value", "dense"], 4, bias, layers=[1])
+    b = count_trainable(apply_lora(base(), LoraSettings(r=4, alpha=8, target_modules=["query", "value", "dense"], bias=bias, layers=1)))
+    assert (b.lora, b.head, b.bias) == (lora, head, nb)
+    full = count_plan(base(), ["query", "value", "dense"], 4, bias)
+    assert lora < full[0] and (nb < full[2] or bias == "none")
