@@ -215,11 +215,35 @@ def _build(model, distinct, lengths, offsets, split, folder: Path, key: str, sto
         model.train(was_training)
 
 
+class _Attachment:
+    """What :func:`attached` yields: ``aside()`` runs the whole model again for a while (the exact path)."""
+
+    def __init__(self, parent, attr: str, full, kept):
+        self.parent, self.attr, self.full, self.kept, self.on = parent, attr, full, kept, True
+
+    @contextlib.contextmanager
+    def aside(self):
+        """The whole layer list and no injected states: for a pass that must not use the cache (its
+        states are stored in bf16, so the fp32 pass over rows near a tie computes them afresh)."""
+        setattr(self.parent, self.attr, self.full)
+        self.on = False
+        try:
+            yield
+        finally:
+            self.on = True
+            setattr(self.parent, self.attr, self.kept)
+
+
 @contextlib.contextmanager
 def attached(model, cache: PrefixCache, split: int):
-    """Inside it, ``model`` runs from ``cache``: layers below ``split`` are skipped and their output is looked up by token ids."""
+    """Inside it, ``model`` runs from ``cache``: layers below ``split`` are skipped and their output is
+    looked up by token ids. Yields an object whose ``aside()`` runs the whole model again for a while."""
+    import torch
+
     parent, attr, layers = layer_list(model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kept = torch.nn.ModuleList(list(layers)[split:])
+    att = _Attachment(parent, attr, layers, kept)
     batch = {}
 
     def capture(_module, args, kwargs):
@@ -227,6 +251,8 @@ def attached(model, cache: PrefixCache, split: int):
         batch["mask"] = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
 
     def inject(_module, args, kwargs):
+        if not att.on:
+            return None
         ids, mask = batch["ids"], batch["mask"]
         h = args[0] if args else kwargs["hidden_states"]
         states = cache.states(ids.cpu(), mask.cpu()).to(device=h.device, dtype=h.dtype)
@@ -234,13 +260,10 @@ def attached(model, cache: PrefixCache, split: int):
             return (states, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": states}
 
-    import torch
-
-    kept = torch.nn.ModuleList(list(layers)[split:])
     hooks = [base.register_forward_pre_hook(capture, with_kwargs=True), kept[0].register_forward_pre_hook(inject, with_kwargs=True)]
     setattr(parent, attr, kept)
     try:
-        yield
+        yield att
     finally:
         setattr(parent, attr, layers)
         for h in hooks:

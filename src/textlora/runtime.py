@@ -7,6 +7,7 @@ Near the bottom of the layers: it imports nothing of textlora but ``device`` and
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -106,6 +107,7 @@ def predict_logits(
     device=None,
     progress: bool = False,
     multi_label: bool = False,
+    exact=None,
 ) -> np.ndarray:
     """Logits (float32, shape [N, num_labels]) of a torch model for pre-tokenized texts, in input order.
 
@@ -115,6 +117,8 @@ def predict_logits(
     merged (by ~0.1 on a base-size encoder), which flipped rows near a tie between two paths. So
     rows whose two best logits (multi-label: any logit and 0) lie within ``TIE_MARGIN`` are scored
     again in fp32, where batch and merge move a logit by ~1e-6: their prediction is the fp32 one.
+    ``exact``: a context manager factory under which the model takes its exact path for that second
+    pass (training passes one that sets the prefix cache aside: its states were stored in bf16).
     """
     import torch
 
@@ -131,7 +135,8 @@ def predict_logits(
             out = batched_logits(encoded, pad_id, batch_size, forward, progress)
         near = near_ties(out, TIE_MARGIN, multi_label) if precision != "fp32" and len(encoded) else np.empty(0, dtype=np.int64)
         if len(near):
-            out[near] = batched_logits([encoded[i] for i in near], pad_id, batch_size, forward)
+            with exact() if exact is not None else contextlib.nullcontext():
+                out[near] = batched_logits([encoded[i] for i in near], pad_id, batch_size, forward)
     model.train(was_training)
     return out
 

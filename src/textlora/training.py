@@ -112,11 +112,11 @@ def _setup_optimizer(model, cfg, device):
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=fused_adamw(device))
 
 
-def _evaluate(model, val_encoded, val_labels, pad_id, cfg, precision, device, label_names) -> dict:
+def _evaluate(model, val_encoded, val_labels, pad_id, cfg, precision, device, label_names, exact=None) -> dict:
     import torch
 
     multi = val_labels.ndim == 2
-    logits = predict_logits(model, val_encoded, pad_id, batch_size=cfg.eval_batch_size, precision=precision, device=device, multi_label=multi)
+    logits = predict_logits(model, val_encoded, pad_id, batch_size=cfg.eval_batch_size, precision=precision, device=device, multi_label=multi, exact=exact)
     if multi:  # multi-label
         loss = float(torch.nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(val_labels)).item())
     else:
@@ -438,9 +438,10 @@ def _eval_and_checkpoint(s: Session) -> bool:
     if s.dist.main:
         fault("eval")
         names = s.splits.label_names
-        with _prefix(s):
-            m = _evaluate(s.core, s.val_enc, s.splits.val_labels, s.pad_id, cfg, s.precision, s.device, names)
-            sets = {n: _evaluate(s.core, enc, labels, s.pad_id, cfg, s.precision, s.device, names) for n, (enc, labels) in s.sets_enc.items()}
+        with _prefix(s) as att:
+            exact = att.aside if att is not None else None  # rows near a tie are scored again without the bf16-stored cache
+            m = _evaluate(s.core, s.val_enc, s.splits.val_labels, s.pad_id, cfg, s.precision, s.device, names, exact)
+            sets = {n: _evaluate(s.core, enc, labels, s.pad_id, cfg, s.precision, s.device, names, exact) for n, (enc, labels) in s.sets_enc.items()}
         entry = {"step": fit.global_step, "epoch": round(fit.global_step / s.steps_per_epoch, 4), **m}
         if sets:
             entry["eval_sets"] = sets
