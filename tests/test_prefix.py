@@ -54,9 +54,13 @@ def test_cached_and_uncached_training_agree(tmp_path, tiny_bert, data_dir, capsy
     assert cached["trainable_params"]["bias"] == plain["trainable_params"]["bias"] > 0
     saved = yaml.safe_load((tmp_path / "cached" / "config.yaml").read_text())
     assert saved["lora"]["layers"] == [1]  # top 1 of 2, as indices
-    # a second seed (another split of the same rows) reads the cache back
+    # a second seed (another split of the same rows, in another order) reads the cache back, and trains as without it
     assert main(["train", "--config", str(_cfg(tmp_path, tiny_bert, data_dir, "seed8")), "--seed", "8"]) == 0
     assert "read back" in capsys.readouterr().out
+    assert main(["train", "--config", str(_cfg(tmp_path, tiny_bert, data_dir, "seed8-plain", prefix_cache="off")), "--seed", "8"]) == 0
+    a, b = _metrics(tmp_path, "seed8"), _metrics(tmp_path, "seed8-plain")
+    assert [e["loss"] for e in a["train_log"]] == pytest.approx([e["loss"] for e in b["train_log"]], rel=1e-4)
+    assert [h["loss"] for h in a["history"]] == pytest.approx([h["loss"] for h in b["history"]], rel=1e-4)
 
 
 def test_a_run_with_lora_layers_loads_in_plain_peft(tmp_path, tiny_bert, data_dir):

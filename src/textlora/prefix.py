@@ -80,7 +80,7 @@ def layer_list(model):
 
 def prefix_key(model, split: int, sequences: list[bytes], dtype: str) -> str:
     """The cache key: the frozen weights outside the kept layers (embeddings, the layers below ``split``), the split, the dtype and the token sequences."""
-    h = hashlib.sha256(f"{split}|{dtype}".encode())
+    h = hashlib.sha256(f"layout 2 (sequences sorted)|{split}|{dtype}".encode())  # a new layout never reads an old file
     _, _, layers = layer_list(model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     kept = {id(p) for layer in list(layers)[split:] for p in layer.parameters()}
@@ -100,7 +100,7 @@ def prefix_cache(model, encoded: list[list[int]], split: int, *, precision: str,
     matching cache is there, else computed (and written there). Held in memory up to ``max_memory_gb``, else memory-mapped."""
     import torch
 
-    distinct = list(dict.fromkeys(_key(ids) for ids in encoded))
+    distinct = sorted({_key(ids) for ids in encoded})  # sorted: the file's layout must not depend on the split's order (another seed reads it)
     store = "bf16" if precision == "bf16" else "fp32"
     key = prefix_key(model, split, distinct, store)
     folder = Path(root) / key
