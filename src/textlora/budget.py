@@ -260,7 +260,9 @@ def _plan_table(config, base, num_labels: int) -> tuple[str, Plan]:
     return "\n".join(lines) + "\n", chosen
 
 
-def budget(config_path: str | None, overrides: list[str] | None = None, plan: bool = False, max_trainable_params: int | None = None) -> str:
+def budget(
+    config_path: str | None, overrides: list[str] | None = None, plan: bool = False, max_trainable_params: int | None = None, estimate: bool = True
+) -> str:
     """Print the trainable-parameter breakdown (LoRA, head, biases, other) against the budget.
 
     The model is built from its config with random weights (no weight download). The number of
@@ -273,6 +275,8 @@ def budget(config_path: str | None, overrides: list[str] | None = None, plan: bo
         overrides: dotted overrides, e.g. ``--lora.r 8``.
         plan: propose LoRA settings that fill the budget.
         max_trainable_params: the budget to plan for (default: budget.max_trainable_params).
+        estimate: time the plan on this machine and print its minutes (needs data.train; with
+            budget.max_train_minutes and lora.layers unset, the layers are chosen by it first).
     """
     from textlora.config import load_config
     from textlora.models import build_model, load_base_model
@@ -281,6 +285,17 @@ def budget(config_path: str | None, overrides: list[str] | None = None, plan: bo
     if max_trainable_params is not None:
         config.budget.max_trainable_params = max_trainable_params
     names = _label_names(config)
+    splits, timing, footer = None, None, ""
+    if estimate and config.data.train:
+        from textlora.data import load_splits
+        from textlora.resolve import fit_layers
+
+        splits = load_splits(config.data, config.seed)
+        eval_rows = len(splits.val_texts) + sum(len(texts) for texts, _ in splits.eval_sets.values())
+        if config.budget.max_train_minutes is not None and config.lora.layers is None:
+            config.lora.layers, timing = fit_layers(config, names, splits.train_texts, None, eval_rows)
+    elif estimate:
+        footer = "no time estimate: data.train is not set\n"
     header = ""
     if plan or config.lora.auto or config.model.head == "auto":
         base = load_base_model(config.model.name, names, weights=False)
@@ -291,7 +306,24 @@ def budget(config_path: str | None, overrides: list[str] | None = None, plan: bo
     if config.lora.target_modules is None:  # the family's attention projections
         config.lora.target_modules = list(lora_groups(load_base_model(config.model.name, names, weights=False))["attention"])
     _, breakdown = build_model(config, names, weights=False)
+    if splits is not None:
+        footer = _estimate(config, names, splits, timing) + "\n"
     return header + (
         f"model {config.model.name}, {len(names)} classes, head {config.model.head}, {config.lora.method} r={config.lora.r} on {', '.join(config.lora.target_modules)}, bias {config.lora.bias}\n"
         + breakdown.format(config.budget.max_trainable_params)
+        + footer
     )
+
+
+def _estimate(config, names: list[str], splits, timing) -> str:
+    """The config's training time on this machine (timed now unless ``timing`` was)."""
+    from textlora.models import layer_indices
+    from textlora.resolve import resolve
+    from textlora.timing import time_plan
+
+    eval_rows = len(splits.val_texts) + sum(len(texts) for texts, _ in splits.eval_sets.values())
+    config = resolve(config, names, splits.train_texts, eval_rows=eval_rows, fit_time=False)
+    if timing is None:
+        timing = time_plan(config, names, splits.train_texts, eval_rows=eval_rows, cached_texts=len(splits.train_texts) + eval_rows)
+    k = timing.num_layers if config.lora.layers is None else len(layer_indices(config.lora.layers, timing.num_layers))
+    return timing.describe(k, config.train.epochs, config.train.prefix_cache != "off")

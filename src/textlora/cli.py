@@ -100,7 +100,7 @@ VERBS = {
     "filter": Verb("textlora.augment.filter:filter_rows", "filter synthetic rows: length, garbage, duplicates, classifier agreement; report",
                    config="textlora.config:load_config", config_class="textlora.augment.filter:FilterConfig",
                    config_help="YAML config; dotted overrides follow, e.g. --min_words 5"),
-    "budget": Verb("textlora.budget:budget", "print the trainable-parameter breakdown of a config against its budget, or --plan one",
+    "budget": Verb("textlora.budget:budget", "print the trainable-parameter breakdown of a config against its budget and its minutes on this machine, or --plan one",
                    lambda report, args: print(report),
                    config_help="YAML config file (default: the built-in defaults); dotted overrides follow"),
 }
@@ -166,6 +166,7 @@ def flags_for(fn, verb: Verb) -> list[tuple[tuple, dict]]:
         kwargs = dict(dest=name, help=docs[name])
         if kind is bool and not many:
             kwargs["action"] = argparse.BooleanOptionalAction if p.default is True else "store_true"
+            kwargs["default"] = bool(p.default is True)  # argparse leaves BooleanOptionalAction at None otherwise
         else:
             kwargs |= dict(type=kind, required=required)
             if many:

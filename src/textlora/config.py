@@ -75,9 +75,12 @@ class LoraSettings:
 @dataclass
 class BudgetConfig:
     max_trainable_params: int = 1_000_000  # training refuses to start above this
+    max_train_minutes: float | None = None  # with lora.layers unset: LoRA on the most top layers whose cost, timed on this machine, fits
 
     def __post_init__(self) -> None:
         check(self.max_trainable_params >= 1, "budget.max_trainable_params", "an integer >= 1", self.max_trainable_params)
+        if self.max_train_minutes is not None:
+            check(self.max_train_minutes > 0, "budget.max_train_minutes", "a number of minutes > 0, or null", self.max_train_minutes)
 
 
 @dataclass

@@ -9,6 +9,9 @@ becomes a value here and nowhere else, with one meaning a key.
   LM's tokens, so generated rows are as long as the target's.
 - ``lora.target_modules`` unset: the model family's attention projections (textlora.registry).
 - ``lora: auto`` and ``model.head: auto``: the budget planner's choice (textlora.budget).
+- ``budget.max_train_minutes`` with ``lora.layers`` unset: the most top layers whose estimate,
+  measured on this machine, fits the minutes (textlora.timing); the planner then fills the
+  parameter budget within them.
 
 :func:`resolve` runs before the classifier is built (``models.build_model`` takes its result and
 never plans); a run saves the resolved config in config.yaml and its checkpoints, and a pipeline
@@ -24,7 +27,7 @@ import numpy as np
 from textlora.runtime import encode_texts
 
 
-def resolve(config, label_names: list[str], train_texts: list, length_texts: list | None = None):
+def resolve(config, label_names: list[str], train_texts: list, length_texts: list | None = None, *, eval_rows: int = 0, fit_time: bool = True):
     """A copy of ``config`` with nothing left to resolve (``config`` itself is not modified).
 
     - ``lora: auto`` and ``model.head: auto``: the budget planner's choice for this model's shapes
@@ -35,12 +38,17 @@ def resolve(config, label_names: list[str], train_texts: list, length_texts: lis
       (the texts the classifier is made for; default: the training texts), a multiple of 8, at
       most 512 and the model's position limit;
     - ``lora.target_modules`` unset: the model family's attention projections;
-    - ``lora.layers`` as a number k: the indices of the top k layers.
+    - ``lora.layers`` as a number k: the indices of the top k layers;
+    - ``budget.max_train_minutes`` with ``lora.layers`` unset (and ``fit_time``): the layers that
+      fit the minutes, timed on this machine for ``train_texts`` and ``eval_rows`` rows scored
+      each epoch (a resumed run passes ``fit_time=False`` and keeps the layers it started with).
     """
     from textlora.budget import planned
     from textlora.models import load_base_model, load_tokenizer
 
     config = copy.deepcopy(config)
+    if fit_time and config.budget.max_train_minutes is not None and config.lora.layers is None:
+        config.lora.layers, _ = fit_layers(config, label_names, train_texts, length_texts, eval_rows)
     if config.lora.auto or config.model.head == "auto":
         config = planned(config, load_base_model(config.model.name, label_names, weights=False, multi_label=config.data.multi_label))
     if config.lora.target_modules is None:
@@ -56,6 +64,29 @@ def resolve(config, label_names: list[str], train_texts: list, length_texts: lis
         config.model.max_length = length_from_percentile(tokenizer, train_texts, config.model.max_length, config.model.max_length_percentile)
         config.model.max_length_percentile = None
     return config
+
+
+def fit_layers(config, label_names: list[str], train_texts: list, length_texts: list | None, eval_rows: int):
+    """(``lora.layers``, the timing) for ``budget.max_train_minutes``: the most top layers whose
+    measured estimate fits (None: every layer), with a line that says what was chosen and the estimate."""
+    import os
+
+    from textlora.timing import choose_layers, time_plan
+
+    minutes = config.budget.max_train_minutes
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        print(f"budget.max_train_minutes: not applied under torchrun ({os.environ['WORLD_SIZE']} processes would each time the model); set lora.layers", flush=True)
+        return None, None
+    every = copy.deepcopy(config)
+    every.budget.max_train_minutes = None
+    every = resolve(every, label_names, train_texts, length_texts)
+    timing = time_plan(every, label_names, train_texts, eval_rows=eval_rows, cached_texts=len(train_texts) + eval_rows)
+    cache = config.train.prefix_cache != "off"
+    k, fits = choose_layers(timing, minutes, config.train.epochs, cache)
+    verdict = "fits" if fits else f"does not fit even in the top layer alone; training with it ({timing.total_minutes(k, config.train.epochs, cache):.1f} min)"
+    print(f"budget.max_train_minutes {minutes:g}: LoRA on {'all' if k == timing.num_layers else f'the top {k} of'} {timing.num_layers} layers {verdict}; "
+          + timing.describe(k, config.train.epochs, cache), flush=True)
+    return (None if k == timing.num_layers else k), timing
 
 
 AUTO_PERCENTILE = 90  # `max_length: auto` covers 90% of the texts whole; the rest are truncated

@@ -214,9 +214,12 @@ def _setup_data(s: Session) -> None:
     from textlora.models import load_tokenizer
 
     s.splits = load_splits(s.config.data, s.config.seed)
-    s.config = resolve(s.config, s.splits.label_names, s.splits.train_texts)
-    if s.ckpt is not None:
-        saved = json.loads((s.ckpt / "state.json").read_text())["config"]
+    saved = json.loads((s.ckpt / "state.json").read_text())["config"] if s.ckpt is not None else None
+    if saved is not None and s.config.budget.max_train_minutes is not None and s.config.lora.layers is None:
+        s.config.lora.layers = saved["lora"]["layers"]  # the layers the time budget chose when the run started, not a new timing
+    eval_rows = len(s.splits.val_texts) + sum(len(texts) for texts, _ in s.splits.eval_sets.values())
+    s.config = resolve(s.config, s.splits.label_names, s.splits.train_texts, eval_rows=eval_rows, fit_time=saved is None)
+    if saved is not None:
         diffs = config_differences(saved, s.config.to_dict())
         if diffs:
             raise UserError(f"--resume {s.resume}: checkpoint {s.ckpt.name} was made with a different config ({'; '.join(diffs[:3])})")
