@@ -12,13 +12,13 @@ texts). Variants change one thing each:
 - `file`: the config's own prompt setting (AG News: the hand-written prompt file);
 - `instruct+st`: instruct plus one self-training round;
 - `source-only+ht`, `instruct+ht`: those two with `--model.truncation head_tail` (a long text keeps its
-  first quarter and its end); measured in session 9 while the DVD config truncated at the head
+  first quarter and its end); measured at commit f667ad0 while the DVD config truncated at the head
   (commit 1f61994). The config now keeps head and tail, so they equal the plain variants there.
 
 `--set KEY VALUE --tag TAG` adds one more override to every run (recorded as variant@TAG). Since
-session 10 the pipeline drops generated rows that fail its label check (`synthetic.check`), so a
+commit 31cf828 the pipeline drops generated rows that fail its label check (`synthetic.check`), so a
 prompt mode whose rows fail trains on the source rows alone; `--set synthetic.check false --tag
-unchecked` measures the rows themselves, as every run before session 10 did. Each record says what
+unchecked` measures the rows themselves, as every run before commit 31cf828 did. Each record says what
 the check found (`label_check`).
 
 Seeds change the classifier only (split, init, order): the adapted LM and the generated rows of a

@@ -44,7 +44,7 @@ def matmul_rates(repeats: int = 20) -> dict:
     """GFLOP/s of one matmul at each of SHAPES, in fp32 and bf16, at this process's threads.
 
     Two machines that report the same CPU capability can differ by 2x in every stage's seconds
-    (sessions 10 and 11: AVX-512 bf16 EPYCs of two generations); these rates say which one ran."""
+    (31cf828 and 4ee007d ran on AVX-512 bf16 EPYCs of two generations); these rates say which one ran."""
     import time
 
     import torch

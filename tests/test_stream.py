@@ -2,7 +2,7 @@
 
 "The same" is: the same rows, IDs, labels and selections, and probabilities equal to fp32 rounding.
 The chunk decides which texts share a batch and so each batch's padded shape; in fp32 a matmul of
-another shape may sum in another order, and on an Intel Xeon without bf16 (session 13) a probability
+another shape may sum in another order, and on an Intel Xeon without bf16 (b84de14) a probability
 moved by ~1e-8, which flips the 6th printed decimal of one value in a hundred.
 """
 

@@ -86,9 +86,9 @@ class BudgetConfig:
 @dataclass
 class DataConfig:
     train: str | None = None  # the labelled rows (required to train): CSV, TSV, JSONL, Parquet, or "hf:NAME[:SPLIT]"
-    text_column: str = "text"
+    text_column: str = "text"  # the column that holds the text
     text_pair_column: str | None = None  # a second text column: each row is tokenized as the pair (text, pair)
-    label_column: str = "label"
+    label_column: str = "label"  # the column that holds the label (a name or an integer)
     label_names: list[str] | None = None  # names for integer labels 0..K-1; default: the labels themselves
     multi_label: bool = False  # each row has a set of labels: a JSON list ("[\"World\", \"Business\"]") or a list in JSONL/Parquet
     label_separator: str | None = None  # multi_label: labels written as one string split on this (e.g. "|") instead of JSON
@@ -125,13 +125,13 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # 0 disables clipping
     gradient_checkpointing: bool = False  # trades compute for memory; off unless asked
     precision: str = "auto"  # auto | bf16 | fp16 | fp32 (auto: bf16 where the CPU/GPU has it)
-    logging_steps: int = 50
+    logging_steps: int = 50  # a training-loss line (and TensorBoard point) every this many steps
     eval_strategy: str = "epoch"  # epoch | steps
     eval_steps: int = 500  # with eval_strategy: steps (checkpoints are saved at each evaluation)
     save_total_limit: int = 2  # checkpoints kept (the best one is always kept)
     metric_for_best: str = "accuracy"  # accuracy | macro_f1 | loss on the dev split, or SET.accuracy (etc.) for a data.eval_sets entry
     early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0 = never
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # share of each target spread over the other classes (0: none)
     class_weights: str = "none"  # none | balanced (loss weights n_rows / (n_classes * n_rows_of_class))
     prefix_cache: str = "auto"  # with lora.layers: auto (the frozen layers' output computed once, kept under the cache folder) | off (recomputed every step)
     prefix_cache_memory_gb: float = 4.0  # a prefix cache up to this size is held in memory; a larger one is read from its memory-mapped file

@@ -94,7 +94,7 @@ def metrics_from_logits(y_true: np.ndarray, logits: np.ndarray, label_names: lis
     return compute_multilabel_metrics(y_true, pred, label_names) if multi else compute_metrics(y_true, pred, label_names)
 
 
-NEAR_COPY = 0.3  # TF-IDF cosine at which two texts count as near-copies (bench/target_clusters.py, docs/RESULTS.md)
+NEAR_COPY = 0.3  # TF-IDF cosine at which two texts count as near-copies (bench/target_clusters.py, docs/experiments.md)
 GROUP_MAX_ROWS = 20_000  # near-copies are looked for up to here: the pairwise pass grows with rows squared
 _WORD = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token pattern
 

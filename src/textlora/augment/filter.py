@@ -23,17 +23,17 @@ class FilterConfig:
     input: str | None = None  # generated rows (text, label: the class name[, provenance])
     output: str | None = None  # the kept rows (.csv or .parquet)
     real: str | None = None  # real training rows: duplicates of these are removed
-    text_column: str = "text"
-    label_column: str = "label"
-    min_words: int = 8
-    max_words: int = 150
+    text_column: str = "text"  # the text column of `input`
+    label_column: str = "label"  # the label column of `input`
+    min_words: int = 8  # rows with fewer words are dropped
+    max_words: int = 150  # rows with more words are dropped
     min_alpha: float = 0.6  # share of characters that are letters or spaces; less is garbage
     max_repeat: float = 0.3  # most frequent word's share of the words; more is a loop
     near_duplicate: float = 0.7  # Jaccard similarity of word 3-gram shingles at which a row is a near duplicate
     classifier: str | None = None  # run directory of a classifier trained on real rows (LAMBADA filter)
     min_confidence: float = 0.7  # keep rows whose predicted class is the prompt's class with at least this probability
     relabel: bool = False  # instead: take the classifier's label (its class name) when its confidence reaches min_confidence
-    seed: int = 42
+    seed: int = 42  # seeds the MinHash permutations and the report's samples
 
     def __post_init__(self) -> None:
         check(self.input is not None, "input", "a file of generated rows", self.input)

@@ -24,18 +24,18 @@ class GenerateConfig:
     model: str = "smollm2"  # the adapted folder from `textlora adapt`, "smollm2", gpt2, ...
     prompts: str | None = None  # YAML: classes: {name: [prompt, ...]}; each row's label is its class *name*
     output: str | None = None  # .csv or .parquet
-    rows_per_class: int = 250
+    rows_per_class: int = 250  # rows generated for each class of the prompt file
     batch_size: int = 256  # rows sampled together; 256 ran ~1.15x faster than 128 on 2 cores
-    top_k: int = 50
-    top_p: float = 0.95
-    repetition_penalty: float = 1.3
+    top_k: int = 50  # sample among the k most likely tokens
+    top_p: float = 0.95  # ... and among those, the smallest set holding this much probability
+    repetition_penalty: float = 1.3  # > 1 makes tokens already in the row less likely
     length_mean: float = 45  # new tokens per row ~ normal(mean, std), clamped to [length_min, length_max]
-    length_std: float = 12
-    length_min: int = 1
-    length_max: int = 128
+    length_std: float = 12  # spread of the new tokens per row
+    length_min: int = 1  # fewest new tokens a row
+    length_max: int = 128  # most new tokens a row
     keep_prompt: bool = False  # the row's text starts with its prompt (else only the new tokens)
     stop_at_eos: bool = True  # False: EOS is never sampled, so every row runs to its drawn length
-    seed: int = 42
+    seed: int = 42  # batch k samples with seed (seed, k): the same rows however the run is split or resumed
     precision: str = "auto"  # auto (bf16 weights where the hardware has bf16) | bf16 | fp32
     fused: bool = True  # Llama-family models (SmolLM2) run a fused forward; False: transformers' forward
 

@@ -24,7 +24,7 @@ import itertools
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "runs" / "target-bench"
 SAMPLE = ROOT.parent / "shared" / "data" / "agnews" / "target_dev_labelled.csv"
 RESULTS = ROOT / "bench" / "results" / "target_probes.json"

@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "configs" / "agnews-minilm.yaml"
 OUT = ROOT / "bench" / "results"
 

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "agnews"
 SAMPLE = DATA / "target_dev_labelled.csv"
 WORK = ROOT / "runs" / "target-bench"
