@@ -310,7 +310,8 @@ def budget(
         footer = _estimate(config, names, splits, timing) + "\n"
     return header + (
         f"model {config.model.name}, {len(names)} classes, head {config.model.head}, {config.lora.method} r={config.lora.r} on {', '.join(config.lora.target_modules)}, bias {config.lora.bias}\n"
-        + breakdown.format(config.budget.max_trainable_params)
+        + breakdown.format(config.budget.max_trainable_params).rstrip("\n")
+        + "\n"
         + footer
     )
 
