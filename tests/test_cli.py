@@ -174,7 +174,9 @@ def test_every_flag_comes_from_its_library_function():
             if pname in CONFIG_PARAMS:
                 assert action.option_strings == ["--config"]
                 continue
-            assert action.option_strings == [f"--{pname.replace('_', '-')}"], (name, pname)
+            flag = f"--{pname.replace('_', '-')}"
+            # a switch that defaults to true also has its --no- form
+            assert action.option_strings == ([flag, f"--no-{flag[2:]}"] if p.default is True else [flag]), (name, pname)
             assert docs[pname].rstrip(".") in action.help, (name, pname)
             if p.default is not inspect.Parameter.empty:
                 assert action.default == p.default and not action.required, (name, pname)

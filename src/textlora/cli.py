@@ -100,7 +100,7 @@ VERBS = {
     "filter": Verb("textlora.augment.filter:filter_rows", "filter synthetic rows: length, garbage, duplicates, classifier agreement; report",
                    config="textlora.config:load_config", config_class="textlora.augment.filter:FilterConfig",
                    config_help="YAML config; dotted overrides follow, e.g. --min_words 5"),
-    "budget": Verb("textlora.budget:budget", "print the trainable-parameter breakdown of a config against its budget and its minutes on this machine, or --plan one",
+    "budget": Verb("textlora.plan:budget", "print the trainable-parameter breakdown of a config against its budget and its minutes on this machine, or --plan one",
                    lambda report, args: print(report),
                    config_help="YAML config file (default: the built-in defaults); dotted overrides follow"),
 }
