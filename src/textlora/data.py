@@ -342,6 +342,11 @@ class Splits:
     counts: dict  # rows read, filtered, extra, per split: for the run's metrics and model card
     eval_sets: dict = field(default_factory=dict)  # name -> (texts, labels): evaluated beside the dev split, never trained on
 
+    @property
+    def scored_rows(self) -> int:
+        """Rows scored at every evaluation: the dev split and the eval sets."""
+        return len(self.val_texts) + sum(len(texts) for texts, _ in self.eval_sets.values())
+
 
 def read_options(data_cfg) -> dict:
     """The :func:`read_texts` options a config's data section sets: pair column, multi-label parsing."""

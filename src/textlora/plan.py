@@ -90,9 +90,8 @@ def budget(
         from textlora.resolve import fit_layers
 
         splits = load_splits(config.data, config.seed)
-        eval_rows = len(splits.val_texts) + sum(len(texts) for texts, _ in splits.eval_sets.values())
         if config.budget.max_train_minutes is not None and config.lora.layers is None:
-            config.lora.layers, timing = fit_layers(config, names, splits.train_texts, None, eval_rows)
+            config.lora.layers, timing = fit_layers(config, names, splits.train_texts, None, splits.scored_rows)
     elif estimate:
         footer = "no time estimate: data.train is not set\n"
     header = ""
@@ -121,9 +120,8 @@ def _estimate(config, names: list[str], splits, timing) -> str:
     from textlora.resolve import resolve
     from textlora.timing import time_plan
 
-    eval_rows = len(splits.val_texts) + sum(len(texts) for texts, _ in splits.eval_sets.values())
-    config = resolve(config, names, splits.train_texts, eval_rows=eval_rows, fit_time=False)
+    config = resolve(config, names, splits.train_texts, eval_rows=splits.scored_rows, fit_time=False)
     if timing is None:
-        timing = time_plan(config, names, splits.train_texts, eval_rows=eval_rows, cached_texts=len(splits.train_texts) + eval_rows)
+        timing = time_plan(config, names, splits.train_texts, eval_rows=splits.scored_rows)
     k = timing.num_layers if config.lora.layers is None else len(layer_indices(config.lora.layers, timing.num_layers))
     return timing.describe(k, config.train.epochs, config.train.prefix_cache != "off")

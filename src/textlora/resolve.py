@@ -80,7 +80,7 @@ def fit_layers(config, label_names: list[str], train_texts: list, length_texts: 
     every = copy.deepcopy(config)
     every.budget.max_train_minutes = None
     every = resolve(every, label_names, train_texts, length_texts)
-    timing = time_plan(every, label_names, train_texts, eval_rows=eval_rows, cached_texts=len(train_texts) + eval_rows)
+    timing = time_plan(every, label_names, train_texts, eval_rows=eval_rows)
     cache = config.train.prefix_cache != "off"
     k, fits = choose_layers(timing, minutes, config.train.epochs, cache)
     verdict = "fits" if fits else f"does not fit even in the top layer alone; training with it ({timing.total_minutes(k, config.train.epochs, cache):.1f} min)"

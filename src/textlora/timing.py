@@ -117,9 +117,10 @@ def measure(model, *, batch_size: int, length: int, precision: str, device, repe
     return best(forward), best(step)
 
 
-def time_plan(config, label_names: list[str], train_texts: list, *, eval_rows: int, cached_texts: int) -> Timing:
+def time_plan(config, label_names: list[str], train_texts: list, *, eval_rows: int) -> Timing:
     """Measure ``config``'s model on this machine (LoRA on every layer, the config's rank and
-    targets) for the sizes given; ``config`` is a resolved config (textlora.resolve)."""
+    targets) for ``train_texts`` and ``eval_rows`` rows scored each epoch (the prefix cache would
+    hold both); ``config`` is a resolved config (textlora.resolve)."""
     import copy
 
     from textlora.device import default_device, resolve_precision
@@ -133,7 +134,7 @@ def time_plan(config, label_names: list[str], train_texts: list, *, eval_rows: i
     length = mean_length(load_tokenizer(config.model.name), train_texts, config.model.max_length)
     forward_s, train_s = measure(model, batch_size=config.train.batch_size, length=length, precision=precision, device=device)
     layers = model.get_base_model().config.num_hidden_layers
-    return Timing(forward_s / layers, train_s / layers, layers, config.train.batch_size, length, len(train_texts), eval_rows, cached_texts)
+    return Timing(forward_s / layers, train_s / layers, layers, config.train.batch_size, length, len(train_texts), eval_rows, len(train_texts) + eval_rows)
 
 
 def choose_layers(timing: Timing, minutes: float, epochs: float, cache: bool = True) -> tuple[int, bool]:

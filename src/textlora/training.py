@@ -217,8 +217,7 @@ def _setup_data(s: Session) -> None:
     saved = json.loads((s.ckpt / "state.json").read_text())["config"] if s.ckpt is not None else None
     if saved is not None and s.config.budget.max_train_minutes is not None and s.config.lora.layers is None:
         s.config.lora.layers = saved["lora"]["layers"]  # the layers the time budget chose when the run started, not a new timing
-    eval_rows = len(s.splits.val_texts) + sum(len(texts) for texts, _ in s.splits.eval_sets.values())
-    s.config = resolve(s.config, s.splits.label_names, s.splits.train_texts, eval_rows=eval_rows, fit_time=saved is None)
+    s.config = resolve(s.config, s.splits.label_names, s.splits.train_texts, eval_rows=s.splits.scored_rows, fit_time=saved is None)
     if saved is not None:
         diffs = config_differences(saved, s.config.to_dict())
         if diffs:
