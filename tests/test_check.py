@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pandas as pd
 
-from textlora.augment.check import MIN_ROWS, Probe, features, label_check
+from textlora.augment.check import MIN_ROWS, Probe, features, label_check, label_check_folds
 from textlora.cli import main
 
 from .conftest import make_texts
@@ -87,3 +87,49 @@ def test_the_pipeline_drops_rows_that_fail_the_check_and_says_so(task, tiny_bert
     assert "(cached)" in out.split("== generate: ")[1].splitlines()[0] and "(cached)" not in out.split("== filter: ")[1].splitlines()[0]
     assert json.loads((root / "classifier" / "metrics.json").read_text())["data"]["extra_rows"] == len(trained)
     assert "label check" not in out
+
+
+def test_label_check_folds_holds_out_every_row_once():
+    source, dev = _split(make_texts(40, seed=1)), _split(make_texts(15, seed=2))
+    rows = make_texts(20, seed=3)
+    clean = label_check_folds(source, dev, _split(rows), max_noise=0.25, folds=5, seed=0)
+    assert clean["heldout_rows"] == len(rows) and clean["passed"] and clean["noise"] < 0.05
+    noisy = label_check_folds(source, dev, _split(_relabel(rows, 0.5, seed=4)), max_noise=0.25, folds=5, seed=0)
+    assert noisy["heldout_rows"] == len(rows) and abs(noisy["noise"] - 0.5) < 0.15 and not noisy["passed"], noisy
+
+
+def test_the_trial_stops_a_generator_whose_rows_carry_no_labels_after_its_first_batch(task, tiny_bert, tiny_gpt2, capsys):
+    # a random tiny GPT-2 writes rows that carry nothing of their class: one batch of them is judged
+    # before any adaptation, and adapt, generate and filter never run
+    cfg = pipeline_config(task, tiny_bert, tiny_gpt2, synthetic={"trial_rows": 60}, generate={"rows_per_class": 30, "batch_size": 64})
+    cfg_path = write(task / "p.yaml", cfg)
+    assert main(["pipeline", "--config", cfg_path]) == 0
+    out = capsys.readouterr().out
+    root = task / "out"
+    trial = pd.read_csv(root / "trial" / "rows.csv")
+    assert set(trial["batch"]) == {0} and json.loads((root / "trial" / "rows.generate.json").read_text())["rows_planned"] == 60
+    for stage in ("adapt", "generate", "filter"):
+        assert f"== {stage}: 0 s (skipped: the trial's rows failed the label check" in out
+    assert not (root / "lm").exists() and not (root / "synthetic").exists()
+    assert json.loads((root / "classifier" / "metrics.json").read_text())["data"]["extra_rows"] == 0
+    summary = json.loads((root / "pipeline.json").read_text())
+    kept = json.loads((root / "stages.json").read_text())["trial"]["rows"]
+    assert any(n.startswith(f"stopped early: {kept} rows written before adaptation failed the label check") for n in summary["notes"]), summary["notes"]
+    assert "synthetic" not in summary["metrics"]
+    # a rerun keeps the verdict without generating again; trial_rows: 0 runs the method anyway
+    assert main(["pipeline", "--config", cfg_path]) == 0
+    assert "== trial: " in (out := capsys.readouterr().out) and "(cached)" in out.split("== trial: ")[1].splitlines()[0]
+    assert main(["pipeline", "--config", cfg_path, "--synthetic.trial_rows", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "== trial: 0 s (skipped: synthetic.trial_rows is 0)" in out and "== adapt: 0 s (skipped" not in out and (root / "lm").is_dir()
+
+
+def test_rows_that_carry_their_labels_pass_the_trial_and_the_method_runs(task, tiny_bert, tiny_gpt2, capsys):
+    # prompts: source keeps each row's opening of a real source row, whose words carry the class
+    cfg = pipeline_config(task, tiny_bert, tiny_gpt2, synthetic={"prompts": "source", "trial_rows": 60, "source_words": 8}, generate={"batch_size": 64})
+    assert main(["pipeline", "--config", write(task / "p.yaml", cfg)]) == 0
+    out = capsys.readouterr().out
+    trial = json.loads((task / "out" / "stages.json").read_text())["trial"]["data"]["check"]
+    assert trial["passed"] and trial["heldout_rows"] >= 50, trial
+    assert "-> go on" in out and "skipped" not in out.split("== train")[0]
+    assert (task / "out" / "lm" / "adapt_metrics.json").is_file()

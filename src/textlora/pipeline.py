@@ -5,6 +5,9 @@ in ``OUTPUT_DIR/stages.json``, so that a rerun redoes only what changed and a ki
 continues at the stage where it stopped (generation inside its batches, training from its last
 checkpoint):
 
+0. ``trial``: ``synthetic.trial_rows`` rows written by the base LM are filtered and label-checked
+   before anything is adapted; when they fail, ``adapt``, ``generate`` and ``filter`` are skipped
+   and the classifier trains on the source rows alone (the summary says so).
 1. ``adapt``: the causal LM fine-tuned on the unlabelled target texts (the eval sets' texts left
    out); with ``synthetic.prompts: labelled`` also on the source rows written ``LABEL: text``.
 2. ``generate``: labelled target-style rows from class prompts (made automatically unless a
@@ -41,7 +44,7 @@ from textlora.errors import UserError
 from textlora.stages import Record, run_stages
 from textlora.stages.classifier import Evaluate, Predict, PseudoLabel, Train, format_accuracy
 from textlora.stages.context import SYNTHETIC_SET, Context, source_splits
-from textlora.stages.synthetic import PROMPT_MODES, Adapt, Filter, Generate
+from textlora.stages.synthetic import PROMPT_MODES, Adapt, Filter, Generate, Trial
 
 __all__ = ["PipelineConfig", "default_stages", "format_summary", "load_pipeline_config", "pipeline", "source_splits"]
 CLASSIFIER_KEYS = ("output_dir", "seed", "model", "lora", "budget", "data", "train")
@@ -73,6 +76,9 @@ class SyntheticConfig:
     processes: int = 1  # generate under torchrun in this many processes (the same rows): e.g. one a GPU
     check: bool = True  # the label check (textlora.augment.check): rows that look mislabelled are dropped
     check_max_noise: float = 0.25  # dropped when the estimated share of mislabelled rows is above this
+    trial_rows: int = 200  # before adapting, this many rows by the base LM are label-checked; when they fail, adapt/generate/filter are skipped (0: no trial)
+    trial_max_noise: float = 0.45  # the trial stops the method above this estimate (the base LM's rows are noisier than the adapted LM's)
+    trial_adapt_texts: int = 64  # prompts: labelled: the trial's LM is first adapted on this many texts (it must learn "LABEL: text")
 
     def __post_init__(self) -> None:
         check(0 <= self.dev_fraction < 1, "synthetic.dev_fraction", "a number in [0, 1)", self.dev_fraction)
@@ -80,6 +86,9 @@ class SyntheticConfig:
         check(type(self.processes) is int and self.processes >= 1, "synthetic.processes", "an integer >= 1", self.processes)
         check(self.source_prompts >= 1, "synthetic.source_prompts", "an integer >= 1", self.source_prompts)
         check(self.source_words >= 1, "synthetic.source_words", "an integer >= 1", self.source_words)
+        check(type(self.trial_rows) is int and self.trial_rows >= 0, "synthetic.trial_rows", "an integer >= 0", self.trial_rows)
+        check(0 <= self.trial_max_noise <= 1, "synthetic.trial_max_noise", "a number in [0, 1]", self.trial_max_noise)
+        check(type(self.trial_adapt_texts) is int and self.trial_adapt_texts >= 1, "synthetic.trial_adapt_texts", "an integer >= 1", self.trial_adapt_texts)
         check(all("{label}" in t for t in self.templates), "synthetic.templates", "templates that each contain {label}", self.templates)
 
 
@@ -188,7 +197,7 @@ def _check_section(name: str, section: dict) -> None:
 
 def default_stages(config: PipelineConfig) -> list:
     """The pipeline's stages in order (``textlora.stages`` says what a stage is): the list is the order."""
-    stages = [Adapt(), Generate(), Filter()] if config.synthetic.enabled else []
+    stages = [Trial(), Adapt(), Generate(), Filter()] if config.synthetic.enabled else []
     stages.append(Train("train", "classifier"))
     for k in range(1, config.self_training.rounds + 1):
         stages += [PseudoLabel(k), Train(f"self-training {k}", f"round{k}/classifier", round_k=k)]

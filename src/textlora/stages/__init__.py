@@ -11,7 +11,8 @@ A stage is an object with a ``name`` and three methods:
   the files the classifier trains on. The default does nothing.
 
 and optionally ``present(ctx, result) -> bool``: whether a cached result's outputs are still there
-(default True); when they are gone, the stage runs again.
+(default True); when they are gone, the stage runs again; and ``skip(ctx) -> str | None``: a reason
+not to run at all this time (an earlier stage's verdict), shown in its summary row.
 
 :func:`run_stages` is the loop: for each stage, in list order, the cache in ``stages.json``, the
 timing line (``== NAME: SECONDS s``), the summary row, and resume. A new stage is one class and
@@ -105,6 +106,10 @@ def run_stages(stages: list, ctx, record: Record) -> None:
     if len(set(names)) != len(names):
         raise ValueError(f"stage names must be unique: {names}")
     for stage in stages:
+        reason = getattr(stage, "skip", lambda _ctx: None)(ctx)
+        if reason:
+            record.report(stage.name, 0.0, StageResult(note=f"skipped: {reason}"), cached=False)
+            continue
         key = stage.key(ctx)
         entry = record.done(stage.name, key) if key is not None else None
         if entry is not None:

@@ -25,6 +25,7 @@ class Context:
     resolved: dict = field(default_factory=dict)  # stage name -> the settings it ran with, auto values resolved
     run: Path | None = None  # the latest classifier's run directory
     splits: object = None  # the classifier's split of the source rows alone (textlora.data.Splits), made once
+    skip_synthetic: str | None = None  # why adapt/generate/filter are skipped (the trial's rows failed), else None
 
     def note(self, text: str, warn: bool = False) -> None:
         self.notes.append(text)
