@@ -88,6 +88,7 @@ VERBS = {
     "predict": Verb("textlora.prediction:predict", "predict a file to an ID,Label CSV, or one --text", _show_predict),
     "pseudolabel": Verb("textlora.pseudolabel:pseudolabel", "label unlabelled texts with a run; keep the confident ones, class-balanced, with provenance",
                         lambda out, args: print(f"wrote {out} and {out.with_suffix('.report.json').name}")),
+    "label": Verb("textlora.active:label", "choose the target texts a person should label next (query strategies) and write them as id,text,label"),
     "export": Verb("textlora.export:export", "write a merged Hugging Face folder or an ONNX model (optionally int8)"),
     "report": Verb("textlora.report:build_report", "write a self-contained HTML report: curves, confusion matrix, mistakes, timings"),
     "serve": Verb("textlora.serve:serve", "serve a run over HTTP with a small web page (loopback by default)", lambda out, args: None),

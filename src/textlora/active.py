@@ -1,0 +1,253 @@
+"""Which target texts to ask a person about: query strategies over the current classifier.
+
+A strategy (:func:`choose`) picks ``n`` of the unlabelled texts (indices into the pool), never one already labelled:
+
+- ``random``: uniformly, seeded.
+- ``margin``: the smallest gap between the two most probable classes (uncertainty sampling).
+- ``entropy``: the largest entropy of the predicted distribution.
+- ``kcenter``: greedy k-center (core-set; Sener & Savarese, ICLR 2018) on the L2-normalised
+  embeddings: each pick is the text farthest (cosine) from every labelled or already picked text.
+- ``combined``: the ``pool_factor`` x n texts of smallest margin, then k-center among them: uncertain
+  texts that are not near-copies of each other or of the labelled ones.
+
+Before any classifier exists, only ``random`` and ``kcenter`` apply, the latter on hashed word and
+word-pair counts (TF-IDF-like, L2-normalised) in place of the classifier's embeddings.
+
+The strategies are written here rather than taken from small-text, whose strategies work through its
+own dataset and classifier wrappers (and it is not on this machine's package index); each is a few
+lines of numpy, tested against its definition (tests/test_active.py).
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from textlora.errors import UserError
+
+STRATEGIES = ("random", "margin", "entropy", "kcenter", "combined")
+NEEDS_MODEL = ("margin", "entropy", "combined")
+
+
+def margin_scores(probs: np.ndarray) -> np.ndarray:
+    """The gap between the two most probable classes (small: uncertain)."""
+    top = np.sort(probs, axis=1)
+    return top[:, -1] - top[:, -2]
+
+
+def entropy_scores(probs: np.ndarray) -> np.ndarray:
+    """The entropy of each row's distribution (large: uncertain)."""
+    p = np.clip(probs, 1e-12, 1.0)
+    return -(p * np.log(p)).sum(axis=1)
+
+
+def _normalised(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def kcenter(embeddings: np.ndarray, candidates: np.ndarray, labelled: np.ndarray, n: int) -> list[int]:
+    """Greedy k-center: ``n`` of ``candidates``, each the one farthest (cosine distance) from its
+    nearest labelled or already chosen point. With nothing labelled, the first is the candidate
+    nearest the candidates' mean (deterministic)."""
+    x = _normalised(embeddings)
+    candidates = np.asarray(candidates, dtype=np.int64)
+    n = min(n, len(candidates))
+    if n == 0:
+        return []
+    if len(labelled):
+        dist = (1.0 - x[candidates] @ x[np.asarray(labelled)].T).min(axis=1)
+        chosen: list[int] = []
+    else:
+        centre = x[candidates].mean(axis=0)
+        first = int(np.argmax(x[candidates] @ centre))
+        chosen = [int(candidates[first])]
+        dist = 1.0 - x[candidates] @ x[chosen[0]]
+        dist[first] = -np.inf
+    while len(chosen) < n:
+        k = int(np.argmax(dist))
+        chosen.append(int(candidates[k]))
+        dist = np.minimum(dist, 1.0 - x[candidates] @ x[candidates[k]])
+        dist[k] = -np.inf
+    return chosen
+
+
+def choose(
+    strategy: str,
+    n: int,
+    pool_size: int,
+    labelled: list[int] | np.ndarray = (),
+    probs: np.ndarray | None = None,
+    embeddings: np.ndarray | None = None,
+    seed: int = 0,
+    pool_factor: int = 4,
+) -> list[int]:
+    """``n`` indices of the pool (``0 .. pool_size-1``) to ask about next, none of ``labelled``, in
+    the order the strategy ranks them."""
+    if strategy not in STRATEGIES:
+        raise UserError(f"--strategy: expected one of {', '.join(STRATEGIES)}, found '{strategy}'")
+    if strategy in NEEDS_MODEL and probs is None:
+        raise UserError(f"--strategy {strategy}: needs a classifier's probabilities (--model RUN); before the first model, use kcenter or random")
+    labelled = np.asarray(sorted(set(int(i) for i in labelled)), dtype=np.int64)
+    free = np.setdiff1d(np.arange(pool_size), labelled)
+    n = min(n, len(free))
+    if strategy == "random":
+        return [int(i) for i in np.random.default_rng([seed, 17]).permutation(free)[:n]]
+    if strategy == "margin":
+        return [int(i) for i in free[np.argsort(margin_scores(probs[free]), kind="stable")[:n]]]
+    if strategy == "entropy":
+        return [int(i) for i in free[np.argsort(-entropy_scores(probs[free]), kind="stable")[:n]]]
+    if embeddings is None:
+        raise UserError(f"--strategy {strategy}: needs embeddings")
+    if strategy == "kcenter":
+        return kcenter(embeddings, free, labelled, n)
+    uncertain = free[np.argsort(margin_scores(probs[free]), kind="stable")[: max(n, pool_factor * n)]]
+    return kcenter(embeddings, uncertain, labelled, n)
+
+
+# --- what the strategies look at -------------------------------------------------------------
+
+
+def hashed_features(texts: list[str], dims: int = 4096) -> np.ndarray:
+    """Words and word pairs hashed into ``dims`` counts, sublinear and L2-normalised: a text's
+    embedding before any classifier exists (the label check's features, textlora.augment.check)."""
+    from textlora.augment.check import features
+
+    x = np.zeros((len(texts), dims), dtype=np.float32)
+    for i, text in enumerate(texts):
+        for f in features(str(text)):
+            x[i, zlib.crc32(f.encode()) % dims] += 1.0
+    np.log1p(x, out=x)
+    return _normalised(x).astype(np.float32)
+
+
+def probabilities_and_embeddings(run, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """A run's class probabilities for ``texts`` and the pooled vectors its classification layer
+    reads (captured at the last linear layer with one output a class), in one pass over
+    length-sorted batches (``textlora.runtime``), both in input order."""
+    import torch
+
+    from textlora.device import autocast
+    from textlora.prediction import Classifier
+    from textlora.runtime import encode_texts, pad_batch, probabilities, sorted_batches
+
+    clf = Classifier(run, batch_size=batch_size)
+    k = len(clf.label_names)
+    last = [m for m in clf.model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == k][-1]
+    seen: list = []
+    hook = last.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().float().reshape(-1, args[0].shape[-1])))
+    encoded = encode_texts(clf.tokenizer, texts, clf.max_length, clf.config.model.truncation)
+    logits = emb = None
+    clf.model.eval()
+    try:
+        with torch.inference_mode(), autocast(clf.precision, clf.device):
+            for idx in sorted_batches([len(s) for s in encoded], batch_size):
+                ids, mask = pad_batch([encoded[i] for i in idx], clf.tokenizer.pad_token_id or 0)
+                seen.clear()
+                out = clf.model(input_ids=ids.to(clf.device), attention_mask=mask.to(clf.device)).logits.float().cpu().numpy()
+                vec = seen[-1].cpu().numpy()
+                if logits is None:
+                    logits = np.empty((len(texts), out.shape[1]), np.float32)
+                    emb = np.empty((len(texts), vec.shape[1]), np.float32)
+                logits[idx], emb[idx] = out, vec
+    finally:
+        hook.remove()
+    return probabilities(logits, clf.config), emb
+
+
+# --- the verb, offline ---------------------------------------------------------------------
+
+
+def read_labels(path: str | Path, ids: list[str], label_names: list[str] | None, texts_file: str) -> dict[str, str]:
+    """``id -> label`` from a labels file (``id,text,label``); an empty label is a skip. An id not in
+    ``ids`` or a label that is not a class is one line naming the file and row."""
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path, keep_default_na=False, dtype=str)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read the labels file ({str(e).splitlines()[0][:200]})") from None
+    for col in ("id", "label"):
+        if col not in df.columns:
+            raise UserError(f"{path}: no '{col}' column (a labels file has id,text,label)")
+    known = set(ids)
+    out = {}
+    for row, (i, label) in enumerate(zip(df["id"], df["label"]), start=2):  # row 1 is the header
+        if i not in known:
+            raise UserError(f"{path}: row {row}: id '{i}' is not in {texts_file}")
+        if label and label_names is not None and label not in label_names:
+            raise UserError(f"{path}: row {row}: label '{label}' is not a class ({', '.join(label_names)})")
+        out[i] = label
+    return out
+
+
+def label(
+    data: str,
+    select: int,
+    output: str,
+    model: str | None = None,
+    strategy: str | None = None,
+    labels: str | None = None,
+    text_column: str = "text",
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """Choose the target texts a person should label next and write them for a spreadsheet.
+
+    Writes ``output`` as ``id,text,label`` with an empty label column, the texts in the order the
+    strategy ranks them, and ``OUTPUT.select.json`` (strategy, run, scores). Fill the label column with
+    class names and pass the file back as ``target.labelled`` in a pipeline config, or as ``--labels``
+    to the next selection (its texts are then not asked again; an empty label counts as skipped).
+
+    Args:
+        data: the unlabelled target texts (CSV/TSV/JSONL/Parquet; IDs from an ``id`` column, else the row number).
+        select: how many texts to choose.
+        output: the CSV to write.
+        model: a trained run whose probabilities and embeddings the strategy uses; omit before any
+            classifier exists (then kcenter on the texts' words, or random).
+        strategy: random | margin | entropy | kcenter | combined (default: combined with --model, else kcenter).
+        labels: texts already labelled or skipped (``id,text,label``): never chosen again.
+        text_column: the text column of ``data``.
+        seed: seeds the random strategy.
+        overwrite: replace an existing output.
+    """
+    from textlora.data import read_texts
+    from textlora.fsutil import atomic_path, check_output
+
+    if select < 1:
+        raise UserError(f"--select: expected an integer >= 1, found {select}")
+    strategy = strategy or ("combined" if model else "kcenter")
+    out = check_output(output, inputs=[data, *([labels] if labels else [])], overwrite=overwrite, flag="--output")
+    frame = read_texts(data, text_column, None, require_labels=False)
+    texts = [str(t) for t in frame.texts]
+    ids = [str(i) for i in frame.ids] if getattr(frame, "ids", None) is not None else [str(i) for i in range(len(texts))]
+    names = None
+    probs = emb = None
+    if model:
+        from textlora.run import as_run
+
+        run = as_run(model)
+        names = run.labels
+    done = read_labels(labels, ids, names, data) if labels else {}
+    labelled = [k for k, i in enumerate(ids) if i in done]
+    if strategy in NEEDS_MODEL and not model:
+        raise UserError(f"--strategy {strategy}: needs --model RUN (a trained classifier); before the first model, use kcenter or random")
+    if model:
+        probs, emb = probabilities_and_embeddings(model, texts)
+    elif strategy == "kcenter":
+        emb = hashed_features(texts)
+    chosen = choose(strategy, select, len(texts), labelled, probs, emb, seed=seed)
+    import pandas as pd
+
+    table = pd.DataFrame({"id": [ids[k] for k in chosen], "text": [texts[k] for k in chosen], "label": [""] * len(chosen)})
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, index=False)
+    info = {"strategy": strategy, "model": model, "data": str(data), "labels": labels, "already_labelled": len(labelled), "chosen": len(chosen)}
+    if probs is not None:
+        info["margin"] = [round(float(v), 4) for v in margin_scores(probs[chosen])]
+    out.with_suffix(".select.json").write_text(json.dumps(info, indent=2))
+    print(f"{len(chosen)} of {len(texts) - len(labelled):,} unlabelled texts chosen by {strategy}", flush=True)
+    return out
