@@ -233,3 +233,47 @@ def test_generation_in_two_processes_writes_the_same_rows(task, tiny_bert, tiny_
     assert len(a) > 0
     pd.testing.assert_frame_equal(a, b)
     assert json.loads((task / "two" / "synthetic" / "rows.generate.json").read_text())["processes"] == 2
+
+
+def test_labelled_target_rows_train_choose_the_checkpoint_and_the_run(task, tiny_bert, tiny_gpt2, capsys):
+    # 12 target texts a person labelled (of the 36 unlabelled ones): half choose, half train
+    target = pd.read_csv(task / "target.csv")
+    truth = pd.read_csv(task / "target_test.csv")  # the same texts' labels (the task's first 9 rows are these texts)
+    labelled = target.iloc[9:21].assign(label=[None] * 12)
+    labels = dict(zip(make_texts(12, seed=3, names="str")["text"], make_texts(12, seed=3, names="str")["label"]))
+    labelled["label"] = [labels[t] for t in labelled["text"]]
+    labelled.loc[labelled.index[-1], "label"] = ""  # skipped by the person: not a row
+    labelled.to_csv(task / "labels.csv", index=False)
+    cfg = pipeline_config(task, tiny_bert, tiny_gpt2, synthetic={"enabled": False}, self_training={"rounds": 1, "min_confidence": 0.0})
+    cfg["target"]["labelled"] = str(task / "labels.csv")
+    assert main(["pipeline", "--config", write(task / "p.yaml", cfg)]) == 0
+    out = capsys.readouterr().out
+    root = task / "out"
+    dev, trained = pd.read_csv(root / "labelled" / "labelled.csv"), pd.read_csv(root / "labelled" / "train.csv")
+    assert len(dev) + len(trained) == 11 and not set(dev["id"]) & set(trained["id"]) and len(dev) >= 4
+    m = json.loads((root / "classifier" / "metrics.json").read_text())
+    assert m["metric_for_best"] == "labelled.accuracy" and m["data"]["extra_rows"] == len(trained)
+    scores = [h["eval_sets"]["labelled"]["accuracy"] for h in m["history"]]
+    assert m["best"]["epoch"] == 1 + scores.index(max(scores))  # the labelled rows chose the epoch
+    summary = json.loads((root / "pipeline.json").read_text())
+    assert summary["metrics"]["labelled"]["n"] == len(dev) and "accuracy_se" in summary["metrics"]["labelled"]
+    assert any(n.startswith(f"target.labelled: 11 labelled target texts, {len(dev)} as the target dev set") for n in summary["notes"])
+    # the pseudo-labels never take the target dev set's texts; the final run is the better of the two on it
+    pseudo = pd.read_csv(root / "round1" / "pseudo.csv")
+    assert not set(pseudo["text"]) & set(dev["text"]) and not set(pseudo["text"]) & set(truth["text"])
+    runs = {s["stage"]: s["eval_sets"]["labelled"] for s in summary["stages"] if s["stage"] in ("train", "self-training 1")}
+    best = "train" if runs["train"] >= runs["self-training 1"] else "self-training 1"
+    assert summary["run"] == str(root / ("classifier" if best == "train" else "round1/classifier"))
+    assert f"labelled accuracy {summary['metrics']['labelled']['accuracy']:.4f} +- " in out
+
+
+def test_a_labels_file_with_an_unknown_id_or_class_is_one_line(task, tiny_bert, tiny_gpt2, capsys):
+    target = pd.read_csv(task / "target.csv")
+    cfg = pipeline_config(task, tiny_bert, tiny_gpt2, synthetic={"enabled": False})
+    cfg["target"]["labelled"] = str(task / "labels.csv")
+    path = write(task / "p.yaml", cfg)
+    pd.DataFrame({"id": [target["id"][0], "nope"], "text": ["a", "b"], "label": ["sports", "sports"]}).to_csv(task / "labels.csv", index=False)
+    fails(capsys, ["pipeline", "--config", path], f"{task / 'labels.csv'}: row 3: id 'nope' is not in {task / 'target.csv'}")
+    pd.DataFrame({"id": [target["id"][0]], "text": ["a"], "label": ["cooking"]}).to_csv(task / "labels.csv", index=False)
+    fails(capsys, ["pipeline", "--config", path], f"{task / 'labels.csv'}: row 2: label 'cooking' is not a class (sports, business, science)")
+    assert not (task / "out" / "classifier").exists()

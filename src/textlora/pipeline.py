@@ -43,7 +43,7 @@ from textlora.config import build, check, config_from_dict, merge, parse_overrid
 from textlora.errors import UserError
 from textlora.stages import Record, run_stages
 from textlora.stages.classifier import Evaluate, Predict, PseudoLabel, Train, format_accuracy
-from textlora.stages.context import SYNTHETIC_SET, Context, source_splits
+from textlora.stages.context import LABELLED_SET, SYNTHETIC_SET, Context, source_splits
 from textlora.stages.synthetic import PROMPT_MODES, Adapt, Filter, Generate, Trial
 
 __all__ = ["PipelineConfig", "default_stages", "format_summary", "load_pipeline_config", "pipeline", "source_splits"]
@@ -60,9 +60,12 @@ OWNED = {
 class TargetConfig:
     texts: str | None = None  # the unlabelled target texts (required): adapted on, pseudo-labelled, predicted
     text_column: str = "text"  # the column of `texts` that holds the text (IDs come from its `id` column, else the row number)
+    labelled: str | None = None  # labels a person gave some target texts (id,text,label: `textlora label` writes it; an empty label is a skip)
+    labelled_dev_fraction: float = 0.5  # of those rows (per class, seeded): the target dev set that chooses; the rest join training
 
     def __post_init__(self) -> None:
         check(self.texts is not None, "target.texts", "a file of unlabelled target texts", self.texts)
+        check(0 <= self.labelled_dev_fraction <= 1, "target.labelled_dev_fraction", "a number in [0, 1]", self.labelled_dev_fraction)
 
 
 @dataclass
@@ -275,6 +278,43 @@ def _check_inputs(ctx: Context) -> None:
     ctx.eval_files = [*cfg.data.eval_sets.values(), *([cfg.data.dev] if cfg.data.dev else [])]
     ctx.eval_sets = dict(cfg.data.eval_sets)
     ctx.extra_train = list(cfg.data.extra_train)
+    if ctx.config.target.labelled:
+        _labelled_rows(ctx)
+
+
+def _labelled_rows(ctx: Context) -> None:
+    """``target.labelled``: checked by row, split per class (seeded) into a target dev set
+    (``labelled``: chooses the checkpoint and the final run, never trained on) and rows that join training."""
+    import numpy as np
+    import pandas as pd
+
+    from textlora.active import read_labels
+    from textlora.data import read_texts
+
+    tc = ctx.config.target
+    if LABELLED_SET in ctx.eval_sets:
+        raise UserError(f"config: data.eval_sets.{LABELLED_SET}: the name is the pipeline's (target.labelled's dev rows); choose another")
+    frame = read_texts(tc.texts, tc.text_column, None, require_labels=False)
+    ids = [str(i) for i in frame.ids] if frame.ids is not None else [str(i) for i in range(len(frame.texts))]
+    given = {i: v for i, v in read_labels(tc.labelled, ids, ctx.label_names, tc.texts).items() if v}
+    text_of = dict(zip(ids, frame.texts))
+    rows = pd.DataFrame({"id": list(given), "text": [text_of[i] for i in given], "label": list(given.values())})
+    rng = np.random.default_rng([ctx.source.seed, 23])
+    dev_idx = []
+    for _, group in rows.groupby("label", sort=True):
+        dev_idx += list(rng.permutation(group.index.to_numpy())[: int(round(len(group) * tc.labelled_dev_fraction))])
+    dev = rows.loc[sorted(dev_idx)]
+    train = rows.drop(index=dev.index)
+    folder = ctx.out / "labelled"
+    folder.mkdir(parents=True, exist_ok=True)
+    if len(train):
+        train.to_csv(folder / "train.csv", index=False)
+        ctx.extra_train.append(str(folder / "train.csv"))
+    if len(dev):
+        dev.to_csv(folder / f"{LABELLED_SET}.csv", index=False)  # named as its eval set: evaluate names outputs by file name
+        ctx.eval_sets[LABELLED_SET] = str(folder / f"{LABELLED_SET}.csv")
+        ctx.eval_files.append(str(folder / f"{LABELLED_SET}.csv"))  # never adapted on or pseudo-labelled
+    ctx.note(f"target.labelled: {len(rows)} labelled target texts, {len(dev)} as the target dev set '{LABELLED_SET}' (it chooses), {len(train)} trained on")
 
 
 def format_summary(summary: dict) -> str:

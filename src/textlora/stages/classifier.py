@@ -11,7 +11,7 @@ from pathlib import Path
 from textlora.config import config_from_dict
 from textlora.errors import UserError
 from textlora.stages import StageResult
-from textlora.stages.context import SYNTHETIC_SET, Context
+from textlora.stages.context import LABELLED_SET, SYNTHETIC_SET, Context
 
 
 class Train:
@@ -36,7 +36,9 @@ class Train:
         raw = copy.deepcopy(ctx.config.classifier)
         raw["output_dir"] = str(self.output_dir(ctx))
         raw["data"] = {**(raw.get("data") or {}), "extra_train": extra, "eval_sets": dict(ctx.eval_sets)}
-        if ctx.config.select.checkpoint == SYNTHETIC_SET:
+        if LABELLED_SET in ctx.eval_sets:  # labelled target rows choose, in place of the source dev split
+            raw["train"] = {**(raw.get("train") or {}), "metric_for_best": f"{LABELLED_SET}.accuracy"}
+        elif ctx.config.select.checkpoint == SYNTHETIC_SET:
             if SYNTHETIC_SET not in ctx.eval_sets:
                 raise UserError("config: select.checkpoint: synthetic needs held-out generated rows (synthetic.enabled and synthetic.dev_fraction > 0)")
             raw["train"] = {**(raw.get("train") or {}), "metric_for_best": f"{SYNTHETIC_SET}.accuracy"}
@@ -72,8 +74,17 @@ class Train:
     def use(self, ctx: Context, result: StageResult) -> None:
         from textlora.run import open_run
 
-        ctx.run = Path(result.data["run"])
-        ctx.resolved[self.name] = open_run(ctx.run).config.to_dict()  # as trained: every auto setting resolved
+        run = Path(result.data["run"])
+        ctx.resolved[self.name] = open_run(run).config.to_dict()  # as trained: every auto setting resolved
+        score = (result.summary.get("eval_sets") or {}).get(LABELLED_SET)
+        ctx.candidates.append((self.name, str(run), score))
+        if score is None:
+            ctx.run = run  # without labelled target rows: the latest classifier
+            return
+        best = max(ctx.candidates, key=lambda c: c[2] if c[2] is not None else -1.0)  # the first of equals: the earlier, simpler one
+        ctx.run = Path(best[1])
+        if best[0] != self.name:
+            ctx.note(f"{self.name}: {LABELLED_SET} accuracy {score:.4f} is below {best[0]}'s {best[2]:.4f}; {best[0]}'s classifier goes on")
 
 
 def train_key(config) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SYNTHETIC_SET = "synthetic"  # the eval set of held-out generated rows
+LABELLED_SET = "labelled"  # the eval set of target texts a person labelled (target.labelled): it chooses
 
 
 @dataclass
@@ -23,7 +24,8 @@ class Context:
     notes: list[str] = field(default_factory=list)  # what the summary must say (e.g. a class with no synthetic rows)
     results: dict = field(default_factory=dict)  # stage name -> textlora.stages.StageResult
     resolved: dict = field(default_factory=dict)  # stage name -> the settings it ran with, auto values resolved
-    run: Path | None = None  # the latest classifier's run directory
+    run: Path | None = None  # the classifier that teaches the next round and is evaluated: the latest, or the best on the labelled target rows
+    candidates: list = field(default_factory=list)  # (stage, run directory, accuracy on the labelled target rows) of each classifier trained
     splits: object = None  # the classifier's split of the source rows alone (textlora.data.Splits), made once
     skip_synthetic: str | None = None  # why adapt/generate/filter are skipped (the trial's rows failed), else None
 
