@@ -184,36 +184,10 @@ def read_labels(path: str | Path, ids: list[str], label_names: list[str] | None,
     return out
 
 
-def label(
-    data: str,
-    select: int,
-    output: str,
-    model: str | None = None,
-    strategy: str | None = None,
-    labels: str | None = None,
-    text_column: str = "text",
-    seed: int = 0,
-    overwrite: bool = False,
+def select_texts(
+    data: str, select: int, output: str, model: str | None, strategy: str | None, labels: str | None, text_column: str, seed: int, overwrite: bool
 ) -> Path:
-    """Choose the target texts a person should label next and write them for a spreadsheet.
-
-    Writes ``output`` as ``id,text,label`` with an empty label column, the texts in the order the
-    strategy ranks them, and ``OUTPUT.select.json`` (strategy, run, scores). Fill the label column with
-    class names and pass the file back as ``target.labelled`` in a pipeline config, or as ``--labels``
-    to the next selection (its texts are then not asked again; an empty label counts as skipped).
-
-    Args:
-        data: the unlabelled target texts (CSV/TSV/JSONL/Parquet; IDs from an ``id`` column, else the row number).
-        select: how many texts to choose.
-        output: the CSV to write.
-        model: a trained run whose probabilities and embeddings the strategy uses; omit before any
-            classifier exists (then kcenter on the texts' words, or random).
-        strategy: random | margin | entropy | kcenter | combined (default: combined with --model, else kcenter).
-        labels: texts already labelled or skipped (``id,text,label``): never chosen again.
-        text_column: the text column of ``data``.
-        seed: seeds the random strategy.
-        overwrite: replace an existing output.
-    """
+    """``textlora label --select``: the texts to ask about next, to ``output`` (see :func:`label`)."""
     from textlora.data import read_texts
     from textlora.fsutil import atomic_path, check_output
 
@@ -223,14 +197,13 @@ def label(
     out = check_output(output, inputs=[data, *([labels] if labels else [])], overwrite=overwrite, flag="--output")
     frame = read_texts(data, text_column, None, require_labels=False)
     texts = [str(t) for t in frame.texts]
-    ids = [str(i) for i in frame.ids] if getattr(frame, "ids", None) is not None else [str(i) for i in range(len(texts))]
+    ids = [str(i) for i in frame.ids] if frame.ids is not None else [str(i) for i in range(len(texts))]
     names = None
     probs = emb = None
     if model:
         from textlora.run import as_run
 
-        run = as_run(model)
-        names = run.labels
+        names = as_run(model).labels
     done = read_labels(labels, ids, names, data) if labels else {}
     labelled = [k for k, i in enumerate(ids) if i in done]
     if strategy in NEEDS_MODEL and not model:

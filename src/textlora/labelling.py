@@ -1,0 +1,264 @@
+"""The labelling page of ``textlora label``: one target text at a time, a button (and a key) per class.
+
+The texts come in the order a query strategy ranks them (``textlora.active``), computed once when
+the server starts; greedy k-center's order does not change as the person answers it, so nothing is
+recomputed between answers. Each answer is written to the labels file (``id,text,label``; an empty
+label is a skip) by rewriting the whole file beside it and renaming it into place, under one lock:
+a kill mid-write leaves the previous file whole, two tabs answering at once lose no row and write
+none twice (the second answer to a text gets 409), and a restart reads the file and asks only about
+texts not yet answered or skipped.
+
+    textlora label --data TARGET.csv --labels labels.csv --model RUN [--goal 50] [--port 8001]
+
+Routes: ``GET /`` (the page), ``GET /v1/next``, ``POST /v1/answer`` ``{id, label}`` (``label``
+null: skip), ``POST /v1/undo``, ``GET /healthz``. With an API token (``--api-key`` or
+``TEXTLORA_API_KEY``) every ``/v1/*`` call needs it, as ``serve``'s do, and the page asks for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from importlib import resources
+from pathlib import Path
+
+from textlora.errors import UserError
+from textlora.faults import fault
+
+HANDED_SECONDS = 120  # a text shown in one tab is not shown in another for this long, unless nothing else is left
+
+
+def label(
+    data: str,
+    select: int | None = None,
+    output: str | None = None,
+    model: str | None = None,
+    strategy: str | None = None,
+    labels: str | None = None,
+    classes: list[str] | None = None,
+    goal: int = 50,
+    host: str = "127.0.0.1",
+    port: int = 8001,
+    api_key: str | None = None,
+    text_column: str = "text",
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path | None:
+    """Ask a person to label the target texts that matter most: a web page, or a file for a spreadsheet.
+
+    Without ``--select``: a page (loopback by default) that shows one text at a time, chosen by the
+    strategy, with a button per class (keys 1..K, s to skip, u to undo) and a progress line; each
+    answer is written to ``--labels`` at once (a kill loses nothing; a restart goes on where it
+    stopped). With ``--select N --output FILE``: the N texts to ask about, as ``id,text,label``
+    with an empty label column, and ``OUTPUT.select.json``; no page. Either file, filled in, is a
+    pipeline's ``target.labelled``.
+
+    Args:
+        data: the unlabelled target texts (CSV/TSV/JSONL/Parquet; IDs from an ``id`` column, else the row number).
+        select: write this many texts to --output instead of starting the page.
+        output: with --select: the CSV to write.
+        model: a trained run whose probabilities and embeddings the strategy uses; omit before any
+            classifier exists (then kcenter on the texts' words, or random).
+        strategy: random | margin | entropy | kcenter | combined (default: combined with --model, else kcenter).
+        labels: the labels file (``id,text,label``): the page appends to it; with --select, its texts are
+            never chosen again. An empty label is a skip.
+        classes: the class names, without --model (with it, the run's).
+        goal: the page stops asking after this many labels.
+        host: the page's address; loopback by default. Beyond loopback, set an API key.
+        port: the page's TCP port.
+        api_key: a bearer token every /v1/* call must send (default: the environment variable TEXTLORA_API_KEY).
+        text_column: the text column of ``data``.
+        seed: seeds the random strategy.
+        overwrite: with --select: replace an existing output.
+    """
+    if select is None:
+        import os
+
+        from textlora.serve import API_KEY_ENV
+
+        if not labels:
+            raise UserError("--labels: name the file the answers go to (it is created, or continued where it stopped)")
+        if output:
+            raise UserError("--output: only with --select (the page writes its answers to --labels)")
+        if not 1 <= port <= 65535:
+            raise UserError(f"--port {port}: expected 1..65535")
+        store = open_store(data, labels, model, strategy, classes, goal, text_column, seed)
+        serve_labels(store, host, port, api_key or os.environ.get(API_KEY_ENV) or None)
+        return None
+    if not output:
+        raise UserError("--output: name the CSV that --select writes")
+    from textlora.active import select_texts
+
+    return select_texts(data, select, output, model, strategy, labels, text_column, seed, overwrite)
+
+
+class LabelStore:
+    """The labels file and the queue of texts to ask about, behind one lock."""
+
+    def __init__(self, path: Path, ids: list[str], texts: list[str], classes: list[str], queue: list[int], goal: int, answered: dict[str, str]):
+        self.path, self.ids, self.texts, self.classes, self.goal = Path(path), ids, texts, classes, goal
+        self.index = {i: k for k, i in enumerate(ids)}
+        self.rows: list[tuple[str, str]] = list(answered.items())  # (id, label) in file order; "" is a skip
+        self.queue = [k for k in queue if ids[k] not in answered]
+        self.handed: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    def labelled(self) -> int:
+        return sum(1 for _, label in self.rows if label)
+
+    def progress(self) -> dict:
+        return {"labelled": self.labelled(), "skipped": len(self.rows) - self.labelled(), "goal": self.goal}
+
+    def next(self) -> dict:
+        with self.lock:
+            done = {i for i, _ in self.rows}
+            free = [k for k in self.queue if self.ids[k] not in done]
+            if self.labelled() >= self.goal or not free:
+                return {"id": None, "progress": self.progress(), "classes": self.classes}
+            now = time.monotonic()
+            fresh = [k for k in free if now - self.handed.get(self.ids[k], -1e9) > HANDED_SECONDS]
+            k = (fresh or free)[0]
+            self.handed[self.ids[k]] = now
+            return {"id": self.ids[k], "text": self.texts[k], "progress": self.progress(), "classes": self.classes}
+
+    def answer(self, text_id: str, label: str | None) -> tuple[int, dict]:
+        """(HTTP status, body): 200 written; 404 unknown id; 409 answered already; 422 not a class."""
+        if label is not None and label not in self.classes:
+            return 422, {"detail": f"label '{label}' is not a class; the classes are: {', '.join(self.classes)}"}
+        with self.lock:
+            if text_id not in self.index:
+                return 404, {"detail": f"id '{text_id}' is not a text of this pool"}
+            if any(i == text_id for i, _ in self.rows):
+                return 409, {"detail": f"id '{text_id}' is answered already (undo it to change it)"}
+            self.rows.append((text_id, label or ""))
+            try:
+                self._write()
+            except BaseException:
+                self.rows.pop()
+                raise
+            self.handed.pop(text_id, None)
+            return 200, {"written": text_id, "progress": self.progress()}
+
+    def undo(self) -> tuple[int, dict]:
+        with self.lock:
+            if not self.rows:
+                return 409, {"detail": "nothing to undo"}
+            text_id, label = self.rows.pop()
+            try:
+                self._write()
+            except BaseException:
+                self.rows.append((text_id, label))
+                raise
+            k = self.index[text_id]
+            self.queue = [k] + [q for q in self.queue if q != k]  # asked again next
+            self.handed.pop(text_id, None)
+            return 200, {"undone": text_id, "label": label, "progress": self.progress()}
+
+    def _write(self) -> None:
+        """The whole file, written beside it and renamed into place (``fsutil.atomic_path``)."""
+        import csv
+
+        from textlora.fsutil import atomic_path
+
+        with atomic_path(self.path) as tmp:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                w = csv.writer(f)
+                w.writerow(["id", "text", "label"])
+                for n, (i, label) in enumerate(self.rows):
+                    w.writerow([i, self.texts[self.index[i]], label])
+                    if n == len(self.rows) // 2:
+                        f.flush()
+                        fault("label_write")  # tests: killed half-way through writing the new file
+
+
+def create_label_app(store: LabelStore, api_key: str | None = None):
+    from fastapi import Body, FastAPI
+    from fastapi.responses import HTMLResponse, JSONResponse
+
+    from textlora.serve import _Guard
+
+    app = FastAPI(title="textlora label", version="1")
+    page = resources.files("textlora").joinpath("static/label.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index():
+        return page
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/v1/next")
+    def next_text():  # plain functions run in a thread: the lock may wait on a write
+        return store.next()
+
+    body = Body(None)  # the JSON body, read as a dict and checked here
+
+    @app.post("/v1/answer")
+    async def answer(a: dict = body):  # {"id": str, "label": str | null (skip)}
+        if not isinstance(a, dict) or not isinstance(a.get("id"), str) or not isinstance(a.get("label"), (str, type(None))):
+            return JSONResponse({"detail": 'expected {"id": "...", "label": "CLASS" or null}'}, status_code=422)
+        status, body = await asyncio.to_thread(store.answer, a["id"], a["label"])  # the lock may wait on a write
+        return JSONResponse(body, status_code=status)
+
+    @app.post("/v1/undo")
+    def undo():
+        status, body = store.undo()
+        return JSONResponse(body, status_code=status)
+
+    return _Guard(app, api_key, 1 << 20)
+
+
+def open_store(data: str, labels: str, model: str | None, strategy: str | None, classes: list[str] | None, goal: int, text_column: str, seed: int) -> LabelStore:
+    """Read the pool and the labels file (answers so far), rank the texts, and check what a person will be asked."""
+    from textlora.active import NEEDS_MODEL, choose, hashed_features, probabilities_and_embeddings, read_labels
+    from textlora.data import read_texts
+
+    if goal < 1:
+        raise UserError(f"--goal: expected an integer >= 1, found {goal}")
+    strategy = strategy or ("combined" if model else "kcenter")
+    if strategy in NEEDS_MODEL and not model:
+        raise UserError(f"--strategy {strategy}: needs --model RUN (a trained classifier); before the first model, use kcenter or random")
+    if model:
+        from textlora.run import as_run
+
+        names = as_run(model).labels
+        if classes and list(classes) != list(names):
+            raise UserError(f"--classes: {', '.join(classes)} differ from the run's classes ({', '.join(names)}); leave --classes out with --model")
+        classes = names
+    if not classes:
+        raise UserError("--classes: name the classes (e.g. --classes negative positive), or give --model RUN")
+    frame = read_texts(data, text_column, None, require_labels=False)
+    texts = [str(t) for t in frame.texts]
+    ids = [str(i) for i in frame.ids] if frame.ids is not None else [str(i) for i in range(len(texts))]
+    if len(set(ids)) != len(ids):
+        raise UserError(f"{data}: ids repeat; each text needs its own id")
+    path = Path(labels)
+    answered = read_labels(path, ids, list(classes), data) if path.is_file() else {}
+    done = [k for k, i in enumerate(ids) if i in answered]
+    probs = emb = None
+    if model:
+        probs, emb = probabilities_and_embeddings(model, texts)
+    elif strategy == "kcenter":
+        emb = hashed_features(texts)
+    n = min(len(texts) - len(done), max(2 * goal, goal + 50))
+    queue = choose(strategy, n, len(texts), done, probs, emb, seed=seed)
+    return LabelStore(path, ids, texts, list(classes), queue, goal, answered)
+
+
+def serve_labels(store: LabelStore, host: str, port: int, api_key: str | None) -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise UserError("the labelling page needs fastapi and uvicorn: pip install -e '.[serve]' (or use --select N --output FILE)") from None
+
+    app = create_label_app(store, api_key)
+    p = store.progress()
+    print(f"textlora label: http://{host}:{port}/ ({p['labelled']} of {p['goal']} labelled so far; answers go to {store.path})", flush=True)
+    if api_key:
+        print("textlora label: /v1/* needs 'Authorization: Bearer TOKEN'", flush=True)
+    elif host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"textlora label: warning: {host} is not loopback and no API key is set: anyone who reaches the port can label", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
