@@ -183,3 +183,31 @@ def test_rows_near_a_tie_are_scored_without_the_bf16_cache(tiny_bert, tmp_path, 
         got = predict_logits(model, enc, tok.pad_token_id, precision="bf16", exact=att.aside if aside else None).argmax(1)
     same = np.array_equal(got, exact)
     assert same if aside else not same  # without setting the cache aside, the fp32 pass still reads the stored states
+
+
+def test_a_new_text_set_computes_only_its_new_texts(tmp_path, tiny_bert, capsys):
+    from transformers import AutoModel, AutoTokenizer
+
+    from textlora.prefix import prefix_cache
+
+    from .conftest import make_texts
+
+    model, tok = AutoModel.from_pretrained(str(tiny_bert)), AutoTokenizer.from_pretrained(str(tiny_bert))
+    texts = make_texts(10, seed=5)["text"].tolist()
+    enc = [tok(t)["input_ids"] for t in texts]
+    first, second = enc[:20], enc[10:]  # 10 texts in both
+
+    def cache(encoded, root):
+        return prefix_cache(model, encoded, 1, precision="fp32", device="cpu", root=root, max_memory_gb=1.0, batch_size=4)
+
+    cache(first, tmp_path / "shared")
+    capsys.readouterr()
+    grown = cache(second, tmp_path / "shared")
+    distinct_second = len({tuple(e) for e in second})
+    shared = len({tuple(e) for e in first} & {tuple(e) for e in second})
+    assert f"{shared:,} of {distinct_second:,} texts read from earlier caches of the same model; computing {distinct_second - shared:,}" in capsys.readouterr().out
+    fresh = cache(second, tmp_path / "fresh")  # the same text set computed from nothing
+    assert json.loads((grown.path / "manifest.json").read_text())["reused"] == shared
+    ids = torch.tensor([e + [0] * (40 - len(e)) for e in second])
+    mask = (torch.arange(40)[None, :] < torch.tensor([len(e) for e in second])[:, None]).long()
+    assert torch.allclose(grown.states(ids, mask), fresh.states(ids, mask), atol=1e-5)

@@ -7,6 +7,9 @@ states that enter layer ``split`` depend on the text alone. :func:`prefix_cache`
 token ids, the model's weights and the split, so that another seed (another split of the same rows)
 or a rerun reads them back instead of paying for them again; a file that does not match its
 manifest (truncated, another model) is rebuilt with a line that says so, never used.
+A new text set (a self-training round's rows, a labelling round's) copies the states of the texts
+that an earlier cache of the same weights holds (each cache keeps its token lists) and computes only
+the others.
 
 :func:`attached` then runs a model from the cache: the encoder's layer list is cut to the layers from
 ``split`` up, and the states of each batch are looked up by each row's token ids and put in front of
@@ -28,6 +31,8 @@ from textlora.errors import UserError
 
 MANIFEST = "manifest.json"
 DATA = "states.bin"
+TOKENS = "tokens.bin"  # every sequence's token ids (int32), in the file's order: what a later cache may copy from
+LENGTHS = "lengths.bin"  # tokens a sequence (int64)
 
 
 @dataclass
@@ -78,9 +83,10 @@ def layer_list(model):
     raise UserError(f"lora.layers: cannot find the transformer blocks ('{attr}') of model type '{getattr(base.config, 'model_type', '?')}'")
 
 
-def prefix_key(model, split: int, sequences: list[bytes], dtype: str) -> str:
-    """The cache key: the frozen weights outside the kept layers (embeddings, the layers below ``split``), the split, the dtype and the token sequences."""
-    h = hashlib.sha256(f"layout 2 (sequences sorted)|{split}|{dtype}".encode())  # a new layout never reads an old file
+def model_key(model, split: int, dtype: str) -> str:
+    """What the states depend on besides the texts: the frozen weights outside the kept layers
+    (embeddings, the layers below ``split``), the split and the dtype."""
+    h = hashlib.sha256(f"layout 3 (sequences sorted, token list kept)|{split}|{dtype}".encode())  # a new layout never reads an old file
     _, _, layers = layer_list(model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     kept = {id(p) for layer in list(layers)[split:] for p in layer.parameters()}
@@ -89,6 +95,12 @@ def prefix_key(model, split: int, sequences: list[bytes], dtype: str) -> str:
         if name.startswith(encoder) and ".pooler." not in name and id(p) not in kept and not p.requires_grad:
             h.update(name.encode())
             h.update(p.detach().float().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def prefix_key(model_digest: str, sequences: list[bytes]) -> str:
+    """The cache key: :func:`model_key` and the token sequences."""
+    h = hashlib.sha256(model_digest.encode())
     for s in sorted(sequences):
         h.update(len(s).to_bytes(4, "little"))
         h.update(s)
@@ -102,7 +114,8 @@ def prefix_cache(model, encoded: list[list[int]], split: int, *, precision: str,
 
     distinct = sorted({_key(ids) for ids in encoded})  # sorted: the file's layout must not depend on the split's order (another seed reads it)
     store = "bf16" if precision == "bf16" else "fp32"
-    key = prefix_key(model, split, distinct, store)
+    digest = model_key(model, split, store)
+    key = prefix_key(digest, distinct)
     folder = Path(root) / key
     hidden = model.config.hidden_size
     lengths = np.array([len(s) // 4 for s in distinct], dtype=np.int64)
@@ -123,7 +136,7 @@ def prefix_cache(model, encoded: list[list[int]], split: int, *, precision: str,
                     print(f"prefix cache {folder}: {problem}; rebuilding it", flush=True)
                 for stale in Path(root).glob(f".{key}.*.tmp"):  # left by a killed build
                     shutil.rmtree(stale, ignore_errors=True)
-                _build(model, distinct, lengths, offsets, split, folder, key, store, hidden, precision, device, batch_size)
+                _build(model, distinct, lengths, offsets, split, folder, key, store, hidden, precision, device, batch_size, digest, Path(root))
     dtype = torch.bfloat16 if store == "bf16" else torch.float32
     in_memory = expected <= max_memory_gb * 2**30
     raw = (
@@ -167,8 +180,38 @@ def _check(folder: Path, key: str, n: int, expected_bytes: int) -> str | None:
     return None
 
 
-def _build(model, distinct, lengths, offsets, split, folder: Path, key: str, store: str, hidden: int, precision: str, device, batch_size: int) -> None:
-    """Run the model up to layer ``split`` over every sequence and write the states (atomically, with their manifest)."""
+def _donors(root: Path, digest: str, store: str, hidden: int, skip: Path) -> list[tuple[dict, np.ndarray, np.ndarray]]:
+    """The whole caches under ``root`` made by the same frozen weights, split and dtype (another text
+    set: a self-training round's, a labelling round's): (sequence -> number, offsets, states) each."""
+    found = []
+    for manifest in sorted(root.glob(f"*/{MANIFEST}")):
+        folder = manifest.parent
+        try:
+            m = json.loads(manifest.read_text())
+        except ValueError:
+            continue
+        if folder == skip or m.get("model") != digest or m.get("dtype") != store or m.get("hidden") != hidden or not (folder / TOKENS).is_file():
+            continue
+        itemsize = 2 if store == "bf16" else 4
+        if (folder / DATA).stat().st_size != m["tokens"] * hidden * itemsize:
+            continue  # truncated: never read
+        lengths = np.fromfile(folder / LENGTHS, dtype=np.int64)
+        tokens = np.fromfile(folder / TOKENS, dtype=np.int32)
+        if len(lengths) != m["sequences"] or int(lengths.sum()) != len(tokens):
+            continue
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        index = {tokens[o : o + n].tobytes(): i for i, (o, n) in enumerate(zip(offsets, lengths))}
+        states = np.memmap(folder / DATA, mode="r", dtype=np.uint16 if store == "bf16" else np.float32).reshape(-1, hidden)
+        found.append((index, offsets, states))
+    return found
+
+
+def _build(
+    model, distinct, lengths, offsets, split, folder: Path, key: str, store: str, hidden: int, precision: str, device, batch_size: int, digest: str, root: Path
+) -> None:
+    """Run the model up to layer ``split`` over every sequence and write the states (atomically, with
+    their manifest and token list). States of a sequence that an earlier cache of the same weights
+    holds are copied from it, not computed: a new text set pays for its new texts only."""
     import torch
     from tqdm.auto import tqdm
 
@@ -195,8 +238,20 @@ def _build(model, distinct, lengths, offsets, split, folder: Path, key: str, sto
     try:
         with atomic_dir(folder) as tmp:
             out = np.memmap(tmp / DATA, mode="w+", dtype=np.uint16 if store == "bf16" else np.float32, shape=(total, hidden))
+            todo = np.ones(len(distinct), dtype=bool)
+            for index, d_offsets, states in _donors(root, digest, store, hidden, skip=folder):
+                for i in np.flatnonzero(todo):
+                    j = index.get(distinct[i])
+                    if j is not None:
+                        out[offsets[i] : offsets[i] + lengths[i]] = states[d_offsets[j] : d_offsets[j] + lengths[i]]
+                        todo[i] = False
+            reused = len(distinct) - int(todo.sum())
+            if reused:
+                print(f"prefix cache: {reused:,} of {len(distinct):,} texts read from earlier caches of the same model; computing {int(todo.sum()):,}", flush=True)
+            missing = np.flatnonzero(todo)
             with torch.inference_mode(), autocast(precision, device):
-                for idx in tqdm(sorted_batches(lengths, batch_size), desc="prefix cache", unit="batch", mininterval=5):
+                for part in tqdm(sorted_batches(lengths[missing], batch_size), desc="prefix cache", unit="batch", mininterval=5):
+                    idx = missing[part]
                     fault("prefix")
                     ids, mask = pad_batch([seqs[i] for i in idx], 0)
                     try:
@@ -209,7 +264,10 @@ def _build(model, distinct, lengths, offsets, split, folder: Path, key: str, sto
                         out[offsets[i] : offsets[i] + lengths[i]] = raw[r, : lengths[i]]
             out.flush()
             del out
-            (tmp / MANIFEST).write_text(json.dumps({"key": key, "sequences": len(distinct), "tokens": total, "hidden": hidden, "dtype": store, "split": split}))
+            np.concatenate([np.frombuffer(x, dtype=np.int32) for x in distinct] or [np.empty(0, np.int32)]).astype(np.int32).tofile(tmp / TOKENS)
+            lengths.astype(np.int64).tofile(tmp / LENGTHS)
+            manifest = {"key": key, "model": digest, "sequences": len(distinct), "tokens": total, "hidden": hidden, "dtype": store, "split": split, "reused": reused}
+            (tmp / MANIFEST).write_text(json.dumps(manifest))
     finally:
         handle.remove()
         model.train(was_training)
