@@ -22,6 +22,16 @@ from textlora.stages.context import SYNTHETIC_SET, Context
 PROMPT_MODES = ("instruct", "source", "labelled")
 
 
+TRIAL_SOURCE_ROWS = 4000  # source rows each of the trial's probes trains on (AG News: 5 x 12 s with all 20,000)
+
+
+def _sample(n: int, k: int, seed: int) -> list[int]:
+    """``k`` of ``range(n)`` (all when ``n <= k``), seeded, in order."""
+    import numpy as np
+
+    return list(range(n)) if n <= k else sorted(np.random.default_rng([seed, 29]).choice(n, k, replace=False).tolist())
+
+
 class Trial:
     """Judge the synthetic rows on a sample before paying for them: ``synthetic.trial_rows`` rows
     written by the base LM (not yet adapted; with ``prompts: labelled``, adapted for a moment on
@@ -103,7 +113,8 @@ class Trial:
             return StageResult(len(rows), f"rows by {lm}: not judged ({check['skipped']})", {"check": check})
         splits = ctx.source_splits()
         names = splits.label_names
-        source = (splits.train_texts, [names[k] for k in splits.train_labels])
+        keep = _sample(len(splits.train_texts), TRIAL_SOURCE_ROWS, ctx.source.seed)  # five probes: each on a sample of the source rows
+        source = ([splits.train_texts[i] for i in keep], [names[splits.train_labels[i]] for i in keep])
         dev = (splits.val_texts, [names[k] for k in splits.val_labels])
         check = label_check_folds(source, dev, (rows["text"].tolist(), rows["label"].tolist()), ctx.config.synthetic.trial_max_noise, seed=ctx.source.seed)
         if "skipped" in check:
