@@ -43,7 +43,7 @@ class Trial:
     ``generate`` and ``filter`` are skipped, the classifier trains on the source rows alone, and the
     summary says so. When they pass, or are too few to judge, the pipeline goes on as without it.
 
-    Measured (docs/experiments.md, "Stopping early"; 200 rows, seed 42): the base LM's rows ~23%
+    Measured (docs/experiments.md, "Stopping early"; 200 rows, seed 42): the base LM's rows ~21%
     mislabelled on AG News with its prompt file (the adapted LM's: 2-4%, kept), ~53% on DVD ->
     electronics and ~55% on imdb -> airline with instruction prompts (the adapted LM's: 29-40% and
     34%, dropped)."""
