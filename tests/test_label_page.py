@@ -6,15 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
-import pytest
 
 from .conftest import free_port
-from .test_serve import _browser, _call
+from .test_serve import _browser, _call, await_health
 
 CLASSES = ["sports", "business", "science"]
 
@@ -46,17 +44,7 @@ def labelling(data, labels, *flags, env=None):
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                if _call(base + "/healthz", timeout=2)[0] == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.3)
-            if proc.poll() is not None:
-                pytest.fail(f"label page exited: {proc.stdout.read()}")
-        else:
-            pytest.fail("label page did not answer /healthz within 90 s")
+        await_health(base, proc)
         yield base, proc
     finally:
         if proc.poll() is None:

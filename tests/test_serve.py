@@ -47,21 +47,25 @@ def serving(run, *flags: str):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                if _call(base + "/healthz", timeout=2)[0] == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.3)
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {proc.stdout.read()}")
-        else:
-            pytest.fail("server did not answer /healthz within 90 s")
+        await_health(base, proc)
         yield base
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def await_health(base: str, proc) -> None:
+    """Wait (90 s at most) until the server at ``base`` answers /healthz; fail with its output if it exits."""
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if _call(base + "/healthz", timeout=2)[0] == 200:
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.3)
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {proc.stdout.read()}")
+    pytest.fail(f"{base} did not answer /healthz within 90 s")
 
 
 @pytest.fixture(scope="module")
