@@ -66,7 +66,7 @@ def selection(run: Path) -> dict:
     for signal in ("dev", "synthetic"):
         scored = [e for e in out["epochs"] if signal in e]
         if scored and all("target" in e for e in scored):
-            best = max(scored, key=lambda e: e[signal])  # the first of equals, as training keeps it
+            best = max(scored, key=lambda e: e[signal])  # the first of equals (training itself now breaks ties by the set's loss)
             out[f"by_{signal}"] = {"epoch": best["epoch"], "target": best["target"]}
     return out
 

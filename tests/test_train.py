@@ -111,3 +111,19 @@ def test_resume_with_head_auto(tmp_path, tiny_bert, data_dir, capsys):
     cfg = _cfg(tmp_path, tiny_bert, data_dir, "h", max_steps=6)
     assert main(["train", "--config", str(cfg), "--model.head", "auto"]) == 0
     assert main(["train", "--config", str(cfg), "--model.head", "auto", "--resume", "last"]) == 0, capsys.readouterr().err
+
+
+def test_a_tie_in_the_chosen_accuracy_goes_to_the_lower_loss_on_the_same_set():
+    # a small target dev set ties often (25 rows: 0.92 at two epochs); the earlier epoch used to win
+    # every tie, here the one at 0.864 on the 500 test rows against 0.900
+    from textlora.training import Fit, _is_better
+
+    first = {"step": 57, "loss": 0.23, "accuracy": 0.92, "eval_sets": {"labelled": {"accuracy": 0.92, "loss": 0.325}}}
+    second = {"step": 114, "loss": 0.20, "accuracy": 0.92, "eval_sets": {"labelled": {"accuracy": 0.92, "loss": 0.294}}}
+    fit = Fit(history=[first, second], best_metric=0.92, best_checkpoint="step-00000057")
+    assert _is_better(second, fit, "labelled.accuracy") and _is_better(second, fit, "accuracy")
+    worse = {**second, "loss": 0.3, "eval_sets": {"labelled": {"accuracy": 0.92, "loss": 0.4}}}
+    assert not _is_better(worse, fit, "labelled.accuracy") and not _is_better(worse, fit, "accuracy")
+    assert _is_better({**worse, "accuracy": 0.93}, fit, "accuracy") and not _is_better({**second, "accuracy": 0.91}, fit, "accuracy")
+    assert _is_better(first, Fit(), "accuracy")  # the first evaluation is the best so far
+    assert _is_better({**second, "loss": 0.1}, Fit(history=[first], best_metric=0.23, best_checkpoint="step-00000057"), "loss")

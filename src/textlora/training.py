@@ -93,10 +93,19 @@ def metric_value(entry: dict, metric: str) -> float:
     return entry[metric]
 
 
-def _is_better(value: float, best: float | None, metric: str) -> bool:
-    if best is None:
+def _is_better(entry: dict, fit: Fit, metric: str) -> bool:
+    """Whether the evaluation ``entry`` beats the best so far by ``metric``. A tie in accuracy or F1
+    (frequent on a small set: 25 labelled target rows) goes to the lower loss on the same set."""
+    value = metric_value(entry, metric)
+    if fit.best_metric is None:
         return True
-    return value < best if metric == "loss" else value > best
+    if metric.rsplit(".", 1)[-1] == "loss":
+        return value < fit.best_metric
+    if value != fit.best_metric:
+        return value > fit.best_metric
+    loss = metric.rsplit(".", 1)[0] + ".loss" if "." in metric else "loss"
+    best = next((h for h in fit.history if f"step-{h['step']:08d}" == fit.best_checkpoint), None)
+    return best is not None and metric_value(entry, loss) < metric_value(best, loss)
 
 
 def _setup_optimizer(model, cfg, device):
@@ -452,9 +461,8 @@ def _eval_and_checkpoint(s: Session) -> bool:
         for n, sm in sets.items():
             _log_scalars(s.writer, f"eval_{n}", {k: sm[k] for k in ("loss", "accuracy", "macro_f1")}, fit.global_step)
         name = f"step-{fit.global_step:08d}"
-        value = metric_value(entry, cfg.metric_for_best)
-        if _is_better(value, fit.best_metric, cfg.metric_for_best):
-            fit.best_metric, fit.best_checkpoint, fit.bad_evals = value, name, 0
+        if _is_better(entry, fit, cfg.metric_for_best):
+            fit.best_metric, fit.best_checkpoint, fit.bad_evals = metric_value(entry, cfg.metric_for_best), name, 0
         else:
             fit.bad_evals += 1
         print(
