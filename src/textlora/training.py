@@ -461,8 +461,11 @@ def _eval_and_checkpoint(s: Session) -> bool:
         for n, sm in sets.items():
             _log_scalars(s.writer, f"eval_{n}", {k: sm[k] for k in ("loss", "accuracy", "macro_f1")}, fit.global_step)
         name = f"step-{fit.global_step:08d}"
+        value = metric_value(entry, cfg.metric_for_best)
+        improved = fit.best_metric is None or value != fit.best_metric  # early stopping waits for the metric itself to move
         if _is_better(entry, fit, cfg.metric_for_best):
-            fit.best_metric, fit.best_checkpoint, fit.bad_evals = metric_value(entry, cfg.metric_for_best), name, 0
+            fit.best_metric, fit.best_checkpoint = value, name
+            fit.bad_evals = 0 if improved else fit.bad_evals + 1
         else:
             fit.bad_evals += 1
         print(
