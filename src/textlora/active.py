@@ -126,36 +126,55 @@ def hashed_features(texts: list[str], dims: int = 4096) -> np.ndarray:
 
 def probabilities_and_embeddings(run, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """A run's class probabilities for ``texts`` and the pooled vectors its classification layer
-    reads (captured at the last linear layer with one output a class), in one pass over
-    length-sorted batches (``textlora.runtime``), both in input order."""
+    reads (captured at the last linear layer with one output a class), in one pass over the
+    runtime's length-sorted batches (``textlora.runtime.batched_logits``), both in input order."""
     import torch
 
     from textlora.device import autocast
     from textlora.prediction import Classifier
-    from textlora.runtime import encode_texts, pad_batch, probabilities, sorted_batches
+    from textlora.runtime import batched_logits, encode_texts, probabilities
 
     clf = Classifier(run, batch_size=batch_size)
     k = len(clf.label_names)
     last = [m for m in clf.model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == k][-1]
     seen: list = []
     hook = last.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().float().reshape(-1, args[0].shape[-1])))
+
+    def forward(ids, mask):  # logits and the pooled vectors side by side, split below
+        logits = clf.model(input_ids=ids.to(clf.device), attention_mask=mask.to(clf.device)).logits.float()
+        return torch.cat([logits, seen.pop()], dim=1).cpu().numpy()
+
     encoded = encode_texts(clf.tokenizer, texts, clf.max_length, clf.config.model.truncation)
-    logits = emb = None
     clf.model.eval()
     try:
         with torch.inference_mode(), autocast(clf.precision, clf.device):
-            for idx in sorted_batches([len(s) for s in encoded], batch_size):
-                ids, mask = pad_batch([encoded[i] for i in idx], clf.tokenizer.pad_token_id or 0)
-                seen.clear()
-                out = clf.model(input_ids=ids.to(clf.device), attention_mask=mask.to(clf.device)).logits.float().cpu().numpy()
-                vec = seen[-1].cpu().numpy()
-                if logits is None:
-                    logits = np.empty((len(texts), out.shape[1]), np.float32)
-                    emb = np.empty((len(texts), vec.shape[1]), np.float32)
-                logits[idx], emb[idx] = out, vec
+            both = batched_logits(encoded, clf.tokenizer.pad_token_id or 0, batch_size, forward)
     finally:
         hook.remove()
-    return probabilities(logits, clf.config), emb
+    return probabilities(both[:, :k], clf.config), both[:, k:]
+
+
+def rank_pool(data: str, text_column: str, model: str | None, strategy: str | None, labels: str | Path | None, classes: list[str] | None, n: int, seed: int):
+    """What the page and ``--select`` share: the pool (ids, texts), the answers in ``labels`` (id ->
+    label; checked against the pool and the classes), and the first ``n`` texts the strategy ranks
+    among those not answered. Returns (ids, texts, answered, chosen, probabilities or None, the strategy)."""
+    from textlora.data import read_texts
+
+    strategy = strategy or ("combined" if model else "kcenter")
+    if strategy in NEEDS_MODEL and not model:
+        raise UserError(f"--strategy {strategy}: needs --model RUN (a trained classifier); before the first model, use kcenter or random")
+    frame = read_texts(data, text_column, None, require_labels=False)
+    texts = [str(t) for t in frame.texts]
+    ids = [str(i) for i in frame.ids] if frame.ids is not None else [str(i) for i in range(len(texts))]
+    answered = read_labels(labels, ids, classes, data) if labels and Path(labels).is_file() else {}
+    done = [k for k, i in enumerate(ids) if i in answered]
+    probs = emb = None
+    if model:
+        probs, emb = probabilities_and_embeddings(model, texts)
+    elif strategy == "kcenter":
+        emb = hashed_features(texts)
+    chosen = choose(strategy, min(n, len(texts) - len(done)), len(texts), done, probs, emb, seed=seed)
+    return ids, texts, answered, chosen, probs, strategy
 
 
 # --- the verb, offline ---------------------------------------------------------------------
@@ -187,40 +206,28 @@ def read_labels(path: str | Path, ids: list[str], label_names: list[str] | None,
 def select_texts(
     data: str, select: int, output: str, model: str | None, strategy: str | None, labels: str | None, text_column: str, seed: int, overwrite: bool
 ) -> Path:
-    """``textlora label --select``: the texts to ask about next, to ``output`` (see :func:`label`)."""
-    from textlora.data import read_texts
+    """``textlora label --select``: the texts to ask about next, to ``output`` (see ``textlora.labelling.label``)."""
+    import pandas as pd
+
     from textlora.fsutil import atomic_path, check_output
 
     if select < 1:
         raise UserError(f"--select: expected an integer >= 1, found {select}")
-    strategy = strategy or ("combined" if model else "kcenter")
     out = check_output(output, inputs=[data, *([labels] if labels else [])], overwrite=overwrite, flag="--output")
-    frame = read_texts(data, text_column, None, require_labels=False)
-    texts = [str(t) for t in frame.texts]
-    ids = [str(i) for i in frame.ids] if frame.ids is not None else [str(i) for i in range(len(texts))]
+    if labels and not Path(labels).is_file():
+        raise UserError(f"--labels {labels}: no such file")
     names = None
-    probs = emb = None
     if model:
         from textlora.run import as_run
 
         names = as_run(model).labels
-    done = read_labels(labels, ids, names, data) if labels else {}
-    labelled = [k for k, i in enumerate(ids) if i in done]
-    if strategy in NEEDS_MODEL and not model:
-        raise UserError(f"--strategy {strategy}: needs --model RUN (a trained classifier); before the first model, use kcenter or random")
-    if model:
-        probs, emb = probabilities_and_embeddings(model, texts)
-    elif strategy == "kcenter":
-        emb = hashed_features(texts)
-    chosen = choose(strategy, select, len(texts), labelled, probs, emb, seed=seed)
-    import pandas as pd
-
+    ids, texts, answered, chosen, probs, strategy = rank_pool(data, text_column, model, strategy, labels, names, select, seed)
     table = pd.DataFrame({"id": [ids[k] for k in chosen], "text": [texts[k] for k in chosen], "label": [""] * len(chosen)})
     with atomic_path(out) as tmp:
         table.to_csv(tmp, index=False)
-    info = {"strategy": strategy, "model": model, "data": str(data), "labels": labels, "already_labelled": len(labelled), "chosen": len(chosen)}
+    info = {"strategy": strategy, "model": model, "data": str(data), "labels": labels, "already_labelled": len(answered), "chosen": len(chosen)}
     if probs is not None:
         info["margin"] = [round(float(v), 4) for v in margin_scores(probs[chosen])]
     out.with_suffix(".select.json").write_text(json.dumps(info, indent=2))
-    print(f"{len(chosen)} of {len(texts) - len(labelled):,} unlabelled texts chosen by {strategy}", flush=True)
+    print(f"{len(chosen)} of {len(texts) - len(answered):,} unlabelled texts chosen by {strategy}", flush=True)
     return out

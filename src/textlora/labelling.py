@@ -212,14 +212,10 @@ def create_label_app(store: LabelStore, api_key: str | None = None):
 
 def open_store(data: str, labels: str, model: str | None, strategy: str | None, classes: list[str] | None, goal: int, text_column: str, seed: int) -> LabelStore:
     """Read the pool and the labels file (answers so far), rank the texts, and check what a person will be asked."""
-    from textlora.active import NEEDS_MODEL, choose, hashed_features, probabilities_and_embeddings, read_labels
-    from textlora.data import read_texts
+    from textlora.active import rank_pool
 
     if goal < 1:
         raise UserError(f"--goal: expected an integer >= 1, found {goal}")
-    strategy = strategy or ("combined" if model else "kcenter")
-    if strategy in NEEDS_MODEL and not model:
-        raise UserError(f"--strategy {strategy}: needs --model RUN (a trained classifier); before the first model, use kcenter or random")
     if model:
         from textlora.run import as_run
 
@@ -229,22 +225,10 @@ def open_store(data: str, labels: str, model: str | None, strategy: str | None, 
         classes = names
     if not classes:
         raise UserError("--classes: name the classes (e.g. --classes negative positive), or give --model RUN")
-    frame = read_texts(data, text_column, None, require_labels=False)
-    texts = [str(t) for t in frame.texts]
-    ids = [str(i) for i in frame.ids] if frame.ids is not None else [str(i) for i in range(len(texts))]
+    ids, texts, answered, queue, _, _ = rank_pool(data, text_column, model, strategy, labels, list(classes), max(2 * goal, goal + 50), seed)
     if len(set(ids)) != len(ids):
         raise UserError(f"{data}: ids repeat; each text needs its own id")
-    path = Path(labels)
-    answered = read_labels(path, ids, list(classes), data) if path.is_file() else {}
-    done = [k for k, i in enumerate(ids) if i in answered]
-    probs = emb = None
-    if model:
-        probs, emb = probabilities_and_embeddings(model, texts)
-    elif strategy == "kcenter":
-        emb = hashed_features(texts)
-    n = min(len(texts) - len(done), max(2 * goal, goal + 50))
-    queue = choose(strategy, n, len(texts), done, probs, emb, seed=seed)
-    return LabelStore(path, ids, texts, list(classes), queue, goal, answered)
+    return LabelStore(Path(labels), ids, texts, list(classes), queue, goal, answered)
 
 
 def serve_labels(store: LabelStore, host: str, port: int, api_key: str | None) -> None:
