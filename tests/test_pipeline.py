@@ -277,3 +277,17 @@ def test_a_labels_file_with_an_unknown_id_or_class_is_one_line(task, tiny_bert, 
     pd.DataFrame({"id": [target["id"][0]], "text": ["a"], "label": ["cooking"]}).to_csv(task / "labels.csv", index=False)
     fails(capsys, ["pipeline", "--config", path], f"{task / 'labels.csv'}: row 2: label 'cooking' is not a class (business, science, sports)")
     assert not (task / "out" / "classifier").exists()
+
+
+def test_the_target_objective_learns_from_the_pipelines_target_texts(task, tiny_bert, tiny_gpt2, capsys, monkeypatch):
+    cfg = pipeline_config(task, tiny_bert, tiny_gpt2, synthetic={"enabled": False}, train={"target_objective": "contrastive", "logging_steps": 1})
+    path = write(task / "p.yaml", cfg)
+    assert main(["pipeline", "--config", path]) == 0  # 36 target texts: too few, skipped with a line, never an error
+    out = capsys.readouterr().out
+    assert "train: train.target_objective contrastive skipped: 27 target texts in" in out  # the 9 eval-set texts left out
+    monkeypatch.setattr("textlora.objectives.MIN_TEXTS", 20)
+    assert main(["pipeline", "--config", path, "--output_dir", str(task / "out2")]) == 0
+    out = capsys.readouterr().out
+    assert "target objective contrastive on 27 target texts (weight" in out and "skipped" not in out
+    m = json.loads((task / "out2" / "classifier" / "metrics.json").read_text())
+    assert m["target_objective"]["texts"] == 27 and "target_loss" in m["train_log"][-1]

@@ -98,6 +98,8 @@ class DataConfig:
     min_words: int = 0  # training rows with fewer words are dropped
     max_words: int | None = None  # training rows with more words are dropped
     eval_sets: dict[str, str] = field(default_factory=dict)  # name -> labelled file, evaluated with the dev split (never trained on)
+    target_texts: str | None = None  # unlabelled texts of the domain the classifier is for: what train.target_objective learns from
+    target_text_column: str = "text"  # the column of target_texts that holds the text
 
     def __post_init__(self) -> None:
         for name in self.eval_sets:
@@ -135,6 +137,9 @@ class TrainConfig:
     class_weights: str = "none"  # none | balanced (loss weights n_rows / (n_classes * n_rows_of_class))
     prefix_cache: str = "auto"  # with lora.layers: auto (the frozen layers' output computed once, kept under the cache folder) | off (recomputed every step)
     prefix_cache_memory_gb: float = 4.0  # a prefix cache up to this size is held in memory; a larger one is read from its memory-mapped file
+    target_objective: str = "none"  # none | contrastive (SimCSE on data.target_texts) | mlm (masked-LM on them, UDALM): learnt with the classifier, through its LoRA
+    target_weight: float | str = "auto"  # w in (1 - w) * classification + w * target loss; auto: m / (n + m), m target texts, n training rows
+    target_batch_size: int = 16  # target texts a step (contrastive: each passes twice)
 
     def __post_init__(self) -> None:
         check(self.epochs > 0, "train.epochs", "a number > 0", self.epochs)
@@ -164,6 +169,14 @@ class TrainConfig:
         check(self.class_weights in ("none", "balanced"), "train.class_weights", "none or balanced", self.class_weights)
         check(self.prefix_cache in ("auto", "off"), "train.prefix_cache", "auto or off", self.prefix_cache)
         check(self.prefix_cache_memory_gb >= 0, "train.prefix_cache_memory_gb", "a number >= 0", self.prefix_cache_memory_gb)
+        check(self.target_objective in ("none", "contrastive", "mlm"), "train.target_objective", "none, contrastive or mlm", self.target_objective)
+        check(
+            self.target_weight == "auto" or (not isinstance(self.target_weight, str) and 0 < self.target_weight < 1),
+            "train.target_weight",
+            "auto or a number in (0, 1)",
+            self.target_weight,
+        )
+        check(self.target_batch_size >= 2, "train.target_batch_size", "an integer >= 2", self.target_batch_size)
 
 
 @dataclass
@@ -182,6 +195,9 @@ class Config:
             check(
                 name in self.data.eval_sets, "train.metric_for_best", f"an eval set named in data.eval_sets ({', '.join(self.data.eval_sets) or 'none'})", name
             )
+        if self.train.target_objective != "none":
+            check(self.data.target_texts is not None, "data.target_texts", f"a file of target texts for train.target_objective: {self.train.target_objective}", None)
+            check(self.data.text_pair_column is None, "train.target_objective", "none with data.text_pair_column (text pairs)", self.train.target_objective)
         if self.data.multi_label:  # one sigmoid a class: these settings are for a softmax over classes
             check(self.train.class_weights == "none", "train.class_weights", "none with data.multi_label", self.train.class_weights)
             check(self.train.label_smoothing == 0, "train.label_smoothing", "0 with data.multi_label", self.train.label_smoothing)

@@ -149,6 +149,10 @@ def _pipeline_config(raw: dict) -> PipelineConfig:
     if unknown:
         raise UserError(f"config: unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})")
     classifier = {k: raw[k] for k in CLASSIFIER_KEYS if k in raw}
+    train, data, target = (raw.get(k) or {} for k in ("train", "data", "target"))
+    if all(isinstance(x, dict) for x in (train, data, target)) and train.get("target_objective", "none") != "none" and not data.get("target_texts"):
+        # the classifier's target objective learns from the pipeline's target texts
+        classifier["data"] = {**data, "target_texts": target.get("texts"), "target_text_column": target.get("text_column", "text")}
     checked = config_from_dict(copy.deepcopy(classifier))  # checks every key now, before any stage runs
     if not checked.data.train:
         raise UserError("config: data.train: no training file given; set it to the labelled source rows (CSV, TSV, JSONL or Parquet)")

@@ -83,6 +83,8 @@ class Fit:
     train_seconds: float = 0.0
     window_loss: float = 0.0  # summed loss since the last log line (kept across resume, so logs match)
     window_rows: int = 0
+    window_target_loss: float = 0.0  # summed target-objective loss since the last log line
+    window_target_steps: int = 0
 
 
 def metric_value(entry: dict, metric: str) -> float:
@@ -169,6 +171,9 @@ class Session:
     prefix: object = None  # textlora.prefix.PrefixCache, with lora.layers
     prefix_split: int = 0  # the first layer with LoRA: the cache holds what enters it
     prefix_info: dict | None = None  # what the run says of its cache (metrics.json)
+    objective: object = None  # textlora.objectives.TargetObjective, with train.target_objective
+    objective_info: dict | None = None  # what the run says of it (metrics.json)
+    trainables: object = None  # what checkpoints hold and the optimizer steps: the model, plus the objective's head if it has one
     # _setup_schedule
     per_rank: int = 0  # batches each rank takes per epoch
     steps_per_epoch: int = 0
@@ -258,7 +263,23 @@ def _setup_model(s: Session) -> None:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         s.model = DDP(s.core, device_ids=[s.device.index] if s.device.type == "cuda" else None)
+    _setup_objective(s)
     _setup_prefix(s)
+
+
+def _setup_objective(s: Session) -> None:
+    """With ``train.target_objective``: the target texts and, for mlm, the training-only head (see textlora.objectives)."""
+    import torch
+
+    from textlora.objectives import make_objective
+
+    s.trainables = s.core
+    if s.config.train.target_objective != "none" and s.dist.world > 1:
+        raise UserError(f"config: train.target_objective: {s.config.train.target_objective} runs in one process; not under torchrun ({s.dist.world} processes)")
+    s.objective, s.objective_info = make_objective(s.config, s.splits, s.tokenizer, s.core)
+    if s.objective is not None and s.objective.head is not None:
+        s.objective.head.to(s.device)
+        s.trainables = torch.nn.ModuleDict({"classifier": s.core, "target_head": s.objective.head})
 
 
 def _setup_prefix(s: Session) -> None:
@@ -274,6 +295,8 @@ def _setup_prefix(s: Session) -> None:
         s.prefix_info = {"used": False, "why": "train.prefix_cache: off" if cfg.prefix_cache == "off" else "LoRA starts at layer 0: nothing is frozen below it"}
         return
     everything = [*s.train_enc, *s.val_enc, *(ids for enc, _ in s.sets_enc.values() for ids in enc)]
+    if s.objective is not None and s.objective.kind == "contrastive":  # its passes run from the cache too
+        everything += s.objective.encoded
     t0 = time.perf_counter()
     try:
         s.prefix = prefix_cache(
@@ -316,12 +339,12 @@ def _setup_schedule(s: Session) -> None:
         raise UserError(f"train.batch_size {cfg.batch_size}: too large for {len(s.lengths)} training rows on {s.dist.world} process(es)")
     s.steps_per_epoch = math.ceil(s.per_rank / cfg.grad_accum)
     s.total_steps = cfg.max_steps or math.ceil(s.steps_per_epoch * cfg.epochs)
-    s.optimizer = _setup_optimizer(s.core, cfg, s.device)
+    s.optimizer = _setup_optimizer(s.trainables, cfg, s.device)
     s.scheduler = make_scheduler(s.optimizer, cfg.lr_scheduler, cfg.warmup_ratio, s.total_steps)
     s.scaler = torch.amp.GradScaler("cuda") if s.precision == "fp16" else None
     if s.ckpt is not None:
-        state = restore(s.ckpt, s.core, s.optimizer, s.scheduler)
-        s.fit = Fit(**{k: state[k] for k in Fit.__dataclass_fields__})
+        state = restore(s.ckpt, s.trainables, s.optimizer, s.scheduler)
+        s.fit = Fit(**{k: state[k] for k in Fit.__dataclass_fields__ if k in state})
         if s.resume == "best":  # continue from the best: later history is discarded
             s.fit.history = [h for h in s.fit.history if h["step"] <= s.fit.global_step]
             s.fit.train_log = [h for h in s.fit.train_log if h["step"] <= s.fit.global_step]
@@ -404,20 +427,26 @@ def _fit(s: Session) -> None:
 def _optimizer_step(s: Session, micro: list, labels, loss_fn) -> None:
     """Forward and backward over the micro-batches of one step (gradients synced on the last), then one optimizer step."""
 
-    cfg, fit = s.config.train, s.fit
+    cfg, fit, obj = s.config.train, s.fit, s.objective
     for j, idx in enumerate(micro):
         ids, mask = pad_batch([s.train_enc[i] for i in idx], s.pad_id)
         y = labels[idx].to(s.device)
         sync = j == len(micro) - 1 or s.dist.world == 1
         with s.model.no_sync() if not sync else contextlib.nullcontext():
-            with autocast(s.precision, s.device), _prefix(s):
+            with autocast(s.precision, s.device), _prefix(s) as att:
                 logits = s.model(input_ids=ids.to(s.device), attention_mask=mask.to(s.device)).logits
-            loss = loss_fn(logits.float(), y) / len(micro)
-            (s.scaler.scale(loss) if s.scaler else loss).backward()
-        fit.window_loss += loss.item() * len(micro) * len(idx)
+                target_loss = obj.loss(s.model, obj.batch(fit.global_step * len(micro) + j), s.pad_id, s.device, att) if obj is not None else None
+            loss = loss_fn(logits.float(), y)
+            total = loss if target_loss is None else (1 - obj.weight) * loss + obj.weight * target_loss.float()
+            total = total / len(micro)
+            (s.scaler.scale(total) if s.scaler else total).backward()
+        fit.window_loss += loss.item() * len(idx)
         fit.window_rows += len(idx)
+        if target_loss is not None:
+            fit.window_target_loss += target_loss.item()
+            fit.window_target_steps += 1
     fault("step")
-    optimizer_step(s.optimizer, s.scheduler, s.core.parameters(), cfg.max_grad_norm, s.scaler)
+    optimizer_step(s.optimizer, s.scheduler, s.trainables.parameters(), cfg.max_grad_norm, s.scaler)
     fit.global_step += 1
 
 
@@ -431,6 +460,9 @@ def _log_train(s: Session, seconds: float) -> dict:
         "lr": s.scheduler.get_last_lr()[0],
         "rows_per_s": fit.window_rows * s.dist.world / max(seconds, 1e-9),
     }
+    if fit.window_target_steps:
+        entry["target_loss"] = fit.window_target_loss / fit.window_target_steps
+    fit.window_target_loss, fit.window_target_steps = 0.0, 0
     fit.train_log.append(entry)
     _log_scalars(s.writer, "train", entry)
     fit.window_loss, fit.window_rows = 0.0, 0
@@ -439,7 +471,7 @@ def _log_train(s: Session, seconds: float) -> dict:
 
 def _checkpoint(s: Session) -> Path:
     state = {**s.fit.__dict__, "config": s.config.to_dict(), "textlora_version": __version__}
-    return save_checkpoint(s.out, s.core, s.optimizer, s.scheduler, state, s.config.train.save_total_limit)
+    return save_checkpoint(s.out, s.trainables, s.optimizer, s.scheduler, state, s.config.train.save_total_limit)
 
 
 def _eval_and_checkpoint(s: Session) -> bool:
@@ -512,7 +544,7 @@ def _write_run_dir(s: Session) -> None:
     """Load the best checkpoint's weights and write the self-contained run directory (see textlora.run)."""
     fit = s.fit
     if fit.best_checkpoint:
-        load_trainable(s.core, s.out / "checkpoints" / fit.best_checkpoint)
+        load_trainable(s.trainables, s.out / "checkpoints" / fit.best_checkpoint)
     best = next((h for h in fit.history if f"step-{h['step']:08d}" == fit.best_checkpoint), None)
     metrics = {
         "best": best,
@@ -527,4 +559,6 @@ def _write_run_dir(s: Session) -> None:
         "data": s.splits.counts,
         "prefix_cache": s.prefix_info,
     }
+    if s.objective_info is not None:
+        metrics["target_objective"] = s.objective_info
     write_run(s.out, s.core, s.tokenizer, s.config, s.splits, s.breakdown, metrics)

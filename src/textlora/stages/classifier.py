@@ -69,13 +69,20 @@ class Train:
         note = f"best at epoch {best.get('epoch')} by {m['metric_for_best']}: dev {best.get('accuracy', float('nan')):.4f}" + "".join(
             f", {n} {a:.4f}" for n, a in sets.items()
         )
-        return StageResult(m["data"]["train_rows"], note, {"run": str(out)}, {"dev": round(best.get("accuracy", 0), 4), "eval_sets": sets})
+        objective = m.get("target_objective")
+        if objective and objective["used"]:
+            note += f"; target objective {objective['kind']} on {objective['texts']:,} target texts (weight {objective['weight']})"
+        data = {"run": str(out), "target_objective": objective}
+        return StageResult(m["data"]["train_rows"], note, data, {"dev": round(best.get("accuracy", 0), 4), "eval_sets": sets})
 
     def use(self, ctx: Context, result: StageResult) -> None:
         from textlora.run import open_run
 
         run = Path(result.data["run"])
         ctx.resolved[self.name] = open_run(run).config.to_dict()  # as trained: every auto setting resolved
+        objective = result.data.get("target_objective")
+        if objective and not objective["used"]:
+            ctx.note(f"{self.name}: train.target_objective {objective['kind']} skipped: {objective['why']}")
         score = (result.summary.get("eval_sets") or {}).get(LABELLED_SET)
         ctx.candidates.append((self.name, str(run), score))
         if score is None:
@@ -95,11 +102,11 @@ def train_key(config) -> str:
 
     settings = config.to_dict()
     data = settings["data"]
-    files = [data["train"], data["dev"], *data["extra_train"], *data["eval_sets"].values()]
+    files = [data["train"], data["dev"], *data["extra_train"], *data["eval_sets"].values(), *([data["target_texts"]] if data["target_texts"] else [])]
     if is_local_base(config.model.name):
         files.append(config.model.name)
         settings["model"] = {**settings["model"], "name": "local folder"}
-    settings["data"] = {**data, "train": None, "dev": bool(data["dev"]), "extra_train": len(data["extra_train"]), "eval_sets": sorted(data["eval_sets"])}
+    settings["data"] = {**data, "train": None, "dev": bool(data["dev"]), "extra_train": len(data["extra_train"]), "eval_sets": sorted(data["eval_sets"]), "target_texts": bool(data["target_texts"])}
     return fingerprint(settings, files, paths=("output_dir",))
 
 
