@@ -4,13 +4,16 @@
     python bench/domain.py --tasks agnews --variants file --seeds 42
 
 Tasks are the shipped pipeline configs: `dvd` (configs/amazon-dvd-electronics.yaml: DVD reviews ->
-electronics reviews) and `agnews` (configs/agnews-pipeline.yaml: AG News -> the competition's target
-texts). Variants change one thing each:
+electronics reviews), `agnews` (configs/agnews-pipeline.yaml: AG News -> the competition's target
+texts) and `imdb` (the DVD config with ../shared/data/imdb_airline's three files: movie reviews ->
+airline reviews). Variants change one thing each:
 
 - `source-only`: no synthetic rows (`--synthetic.enabled false`): the same classifier on the source rows;
 - `instruct`, `source`, `labelled`: the automatic prompt modes (`--synthetic.prompts MODE`);
 - `file`: the config's own prompt setting (AG News: the hand-written prompt file);
 - `instruct+st`: instruct plus one self-training round;
+- `contrastive`, `mlm`: source-only plus a target objective learnt with the classifier
+  (`--train.target_objective`: SimCSE or masked-LM on the target texts, textlora.objectives);
 - `source-only+ht`, `instruct+ht`: those two with `--model.truncation head_tail` (a long text keeps its
   first quarter and its end); measured at commit f667ad0 while the DVD config truncated at the head
   (commit 1f61994). The config now keeps head and tail, so they equal the plain variants there.
@@ -45,7 +48,11 @@ from machine import cpu  # bench/machine.py: python puts the script's folder on 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "domain.json"
 WORK = ROOT / "runs" / "domain-bench"
-TASKS = {"dvd": "configs/amazon-dvd-electronics.yaml", "agnews": "configs/agnews-pipeline.yaml"}
+TASKS = {"dvd": "configs/amazon-dvd-electronics.yaml", "agnews": "configs/agnews-pipeline.yaml", "imdb": "configs/amazon-dvd-electronics.yaml"}
+IMDB = "../shared/data/imdb_airline"
+TASK_FILES = {  # a task that borrows another's config: its own three files
+    "imdb": ["--data.train", f"{IMDB}/source_train.csv", "--target.texts", f"{IMDB}/target_unlabelled.csv", "--data.eval_sets.target", f"{IMDB}/target_test.csv"]
+}
 VARIANTS = {
     "source-only": ["--synthetic.enabled", "false"],
     "instruct": ["--synthetic.prompts", "instruct"],
@@ -55,6 +62,8 @@ VARIANTS = {
     "instruct+st": ["--synthetic.prompts", "instruct", "--self_training.rounds", "1"],
     "source-only+ht": ["--synthetic.enabled", "false", "--model.truncation", "head_tail"],
     "instruct+ht": ["--synthetic.prompts", "instruct", "--model.truncation", "head_tail"],
+    "contrastive": ["--synthetic.enabled", "false", "--train.target_objective", "contrastive"],
+    "mlm": ["--synthetic.enabled", "false", "--train.target_objective", "mlm"],
 }
 SHARED = {"instruct+st": "instruct", "instruct+ht": "instruct"}  # variants that generate exactly what another one does
 
@@ -76,7 +85,7 @@ def run_one(task: str, variant: str, seed: int, extra: list[str], tag: str) -> d
     out = WORK / f"{task}-{name}-s{seed}"
     share = WORK / f"{task}-{SHARED.get(variant, variant)}-shared"
     lm = WORK / f"{task}-lm-{'labelled' if variant == 'labelled' else 'target'}"  # only label-conditioned adaptation differs
-    argv = [sys.executable, "-m", "textlora", "pipeline", "--config", TASKS[task], "--output_dir", str(out), "--seed", str(seed), *VARIANTS[variant], *extra]
+    argv = [sys.executable, "-m", "textlora", "pipeline", "--config", TASKS[task], "--output_dir", str(out), "--seed", str(seed), *TASK_FILES.get(task, []), *VARIANTS[variant], *extra]
     if "--synthetic.enabled" not in VARIANTS[variant]:  # only source-only variants switch the synthetic rows off
         argv += ["--adapt.output_dir", str(lm), "--generate.output", str(share / "rows.csv")]
     t0 = time.perf_counter()
