@@ -75,7 +75,7 @@ def test_two_tabs_answering_at_once_lose_nothing_and_write_nothing_twice(trained
         status, body = _call(base + "/v1/answer", {"id": str(pd.read_csv(trained / "unlabelled.csv")["id"][7]), "label": "cooking"})
         assert status == 422 and "sports, business, science" in body["detail"] and len(_rows(labels)) == 6
         status, body = _call(base + "/v1/next")
-        assert status == 200 and body["id"] not in ids and body["progress"] == {"labelled": 6, "skipped": 0, "goal": 8}
+        assert status == 200 and body["id"] not in ids and {k: body["progress"][k] for k in ("labelled", "skipped", "goal")} == {"labelled": 6, "skipped": 0, "goal": 8}
 
 
 def test_killed_half_way_through_a_write_the_labels_file_is_whole_and_a_restart_goes_on(trained, tmp_path):

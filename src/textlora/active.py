@@ -125,48 +125,64 @@ def hashed_features(texts: list[str], dims: int = 4096) -> np.ndarray:
 
 
 def probabilities_and_embeddings(run, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """A run's class probabilities for ``texts`` and the pooled vectors its classification layer
-    reads (captured at the last linear layer with one output a class), in one pass over the
-    runtime's length-sorted batches (``textlora.runtime.batched_logits``), both in input order."""
+    """A run's class probabilities for ``texts`` and the pooled vectors its classification layer reads
+    (:func:`probabilities_and_pooled`), both in input order."""
+    from textlora.prediction import Classifier
+    from textlora.runtime import encode_texts
+
+    clf = Classifier(run, batch_size=batch_size)
+    encoded = encode_texts(clf.tokenizer, texts, clf.max_length, clf.config.model.truncation)
+    return probabilities_and_pooled(clf.model, encoded, clf.tokenizer.pad_token_id or 0, len(clf.label_names), clf.config, clf.precision, clf.device, batch_size)
+
+
+def probabilities_and_pooled(model, encoded: list, pad_id: int, classes: int, config, precision: str, device, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """A model's class probabilities for token ids ``encoded`` and the pooled vectors its
+    classification layer reads (captured at the last linear layer with one output a class), in one
+    pass over the runtime's length-sorted batches (``textlora.runtime.batched_logits``), in input order."""
     import torch
 
     from textlora.device import autocast
-    from textlora.prediction import Classifier
-    from textlora.runtime import batched_logits, encode_texts, probabilities
+    from textlora.runtime import batched_logits, probabilities
 
-    clf = Classifier(run, batch_size=batch_size)
-    k = len(clf.label_names)
-    last = [m for m in clf.model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == k][-1]
+    k = classes
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == k][-1]
     seen: list = []
     hook = last.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().float().reshape(-1, args[0].shape[-1])))
 
     def forward(ids, mask):  # logits and the pooled vectors side by side, split below
-        logits = clf.model(input_ids=ids.to(clf.device), attention_mask=mask.to(clf.device)).logits.float()
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
         return torch.cat([logits, seen.pop()], dim=1).cpu().numpy()
 
-    encoded = encode_texts(clf.tokenizer, texts, clf.max_length, clf.config.model.truncation)
-    clf.model.eval()
+    was_training = model.training
+    model.eval()
     try:
-        with torch.inference_mode(), autocast(clf.precision, clf.device):
-            both = batched_logits(encoded, clf.tokenizer.pad_token_id or 0, batch_size, forward)
+        with torch.inference_mode(), autocast(precision, device):
+            both = batched_logits(encoded, pad_id, batch_size, forward)
     finally:
         hook.remove()
-    return probabilities(both[:, :k], clf.config), both[:, k:]
+        model.train(was_training)
+    return probabilities(both[:, :k], config), both[:, k:]
+
+
+def read_pool(data: str, text_column: str, labels: str | Path | None, classes: list[str] | None) -> tuple[list[str], list[str], dict[str, str]]:
+    """The pool (ids, texts) and the answers in ``labels`` so far (id -> label; checked against the pool and the classes)."""
+    from textlora.data import read_texts
+
+    frame = read_texts(data, text_column, None, require_labels=False)
+    texts = [str(t) for t in frame.texts]
+    ids = [str(i) for i in frame.ids] if frame.ids is not None else [str(i) for i in range(len(texts))]
+    answered = read_labels(labels, ids, classes, data) if labels and Path(labels).is_file() else {}
+    return ids, texts, answered
 
 
 def rank_pool(data: str, text_column: str, model: str | None, strategy: str | None, labels: str | Path | None, classes: list[str] | None, n: int, seed: int):
     """What the page and ``--select`` share: the pool (ids, texts), the answers in ``labels`` (id ->
     label; checked against the pool and the classes), and the first ``n`` texts the strategy ranks
     among those not answered. Returns (ids, texts, answered, chosen, probabilities or None, the strategy)."""
-    from textlora.data import read_texts
-
     strategy = strategy or ("combined" if model else "kcenter")
     if strategy in NEEDS_MODEL and not model:
         raise UserError(f"--strategy {strategy}: needs --model RUN (a trained classifier); before the first model, use kcenter or random")
-    frame = read_texts(data, text_column, None, require_labels=False)
-    texts = [str(t) for t in frame.texts]
-    ids = [str(i) for i in frame.ids] if frame.ids is not None else [str(i) for i in range(len(texts))]
-    answered = read_labels(labels, ids, classes, data) if labels and Path(labels).is_file() else {}
+    ids, texts, answered = read_pool(data, text_column, labels, classes)
     done = [k for k, i in enumerate(ids) if i in answered]
     probs = emb = None
     if model:

@@ -1,8 +1,10 @@
 """The labelling page of ``textlora label``: one target text at a time, a button (and a key) per class.
 
-The texts come in the order a query strategy ranks them (``textlora.active``), computed once when
-the server starts; greedy k-center's order does not change as the person answers it, so nothing is
-recomputed between answers. Each answer is written to the labels file (``id,text,label``; an empty
+The texts come in the order a query strategy ranks them (``textlora.active``), computed when the
+server starts. With ``--model`` and ``--round-size N`` (10), every N new labels start a round in a
+background thread (``textlora.rounds``): the run's classifier is trained again on the answers so far
+and the texts not yet answered are ranked again; the person goes on answering from the previous
+ranking meanwhile, and the progress line says which round the ranking comes from. Each answer is written to the labels file (``id,text,label``; an empty
 label is a skip) by rewriting the whole file beside it and renaming it into place, under one lock:
 a kill mid-write leaves the previous file whole, two tabs answering at once lose no row and write
 none twice (the second answer to a text gets 409), and a restart reads the file and asks only about
@@ -38,6 +40,7 @@ def label(
     labels: str | None = None,
     classes: list[str] | None = None,
     goal: int = 50,
+    round_size: int = 10,
     host: str = "127.0.0.1",
     port: int = 8001,
     api_key: str | None = None,
@@ -65,6 +68,7 @@ def label(
             never chosen again. An empty label is a skip.
         classes: the class names, without --model (with it, the run's).
         goal: the page stops asking after this many labels.
+        round_size: with --model, retrain and rank again after every this many new labels (0: rank once).
         host: the page's address; loopback by default. Beyond loopback, set an API key.
         port: the page's TCP port.
         api_key: a bearer token every /v1/* call must send (default: the environment variable TEXTLORA_API_KEY).
@@ -83,7 +87,9 @@ def label(
             raise UserError("--output: only with --select (the page writes its answers to --labels)")
         if not 1 <= port <= 65535:
             raise UserError(f"--port {port}: expected 1..65535")
-        store = open_store(data, labels, model, strategy, classes, goal, text_column, seed)
+        if round_size < 0:
+            raise UserError(f"--round-size: expected an integer >= 0, found {round_size}")
+        store = open_store(data, labels, model, strategy, classes, goal, text_column, seed, round_size)
         serve_labels(store, host, port, api_key or os.environ.get(API_KEY_ENV) or None)
         return None
     if not output:
@@ -103,12 +109,55 @@ class LabelStore:
         self.queue = [k for k in queue if ids[k] not in answered]
         self.handed: dict[str, float] = {}
         self.lock = threading.Lock()
+        self.strategy = "kcenter"
+        self.learner = None  # textlora.rounds.Learner: retrains between rounds (set by the verb with --model)
+        self.round_size = 0
+        self.model = {"round": 0, "labels": 0, "running": False}  # where the current ranking comes from
+        self._thread: threading.Thread | None = None
 
     def labelled(self) -> int:
         return sum(1 for _, label in self.rows if label)
 
     def progress(self) -> dict:
-        return {"labelled": self.labelled(), "skipped": len(self.rows) - self.labelled(), "goal": self.goal}
+        return {"labelled": self.labelled(), "skipped": len(self.rows) - self.labelled(), "goal": self.goal, "model": dict(self.model)}
+
+    # --- labelling rounds -------------------------------------------------------------------
+
+    def maybe_start_round(self) -> None:
+        """Start a round in the background when ``round_size`` labels came in since the last one began."""
+        with self.lock:
+            if self.learner is None or self.model["running"] or self.labelled() - self.model["labels"] < self.round_size:
+                return
+            answers = {self.index[i]: label for i, label in self.rows}
+            self.model = {**self.model, "running": True, "labels": self.labelled()}
+            self._thread = threading.Thread(target=self._round, args=(answers,), daemon=True, name="labelling-round")
+            self._thread.start()
+
+    def _round(self, answers: dict[int, str]) -> None:
+        try:
+            result = self.learner.round(answers, max(2 * self.goal, self.goal + 50))
+        except Exception as e:  # the page goes on with the ranking it has
+            print(f"textlora label: warning: the labelling round failed ({type(e).__name__}: {e}); the ranking stays", flush=True)
+            with self.lock:
+                self.model = {**self.model, "running": False, "error": str(e)[:200]}
+            return
+        with self.lock:
+            done = {i for i, _ in self.rows}
+            self.queue = [k for k in result.order if self.ids[k] not in done]
+            self.model = {"round": self.model["round"] + 1, "labels": result.labelled, "running": False, "seconds": result.seconds["total"]}
+        print(f"textlora label: round {self.model['round']}: retrained on {result.labelled} labels and ranked the pool again in {result.seconds['total']:.0f} s "
+              f"(train {result.seconds['train']:.0f} s, score {result.seconds['score']:.0f} s)", flush=True)  # fmt: skip
+        self.maybe_start_round()  # labels that came in meanwhile
+
+    def wait_for_round(self, timeout: float) -> bool:
+        """For tests and scripts: wait until no round is running; True when none is."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            thread = self._thread
+            if thread is None or not thread.is_alive():
+                return not self.model["running"]
+            thread.join(0.05)
+        return False
 
     def next(self) -> dict:
         with self.lock:
@@ -138,7 +187,9 @@ class LabelStore:
                 self.rows.pop()
                 raise
             self.handed.pop(text_id, None)
-            return 200, {"written": text_id, "progress": self.progress()}
+            body = {"written": text_id, "progress": self.progress()}
+        self.maybe_start_round()
+        return 200, body
 
     def undo(self) -> tuple[int, dict]:
         with self.lock:
@@ -210,9 +261,12 @@ def create_label_app(store: LabelStore, api_key: str | None = None):
     return _Guard(app, api_key, 1 << 20)
 
 
-def open_store(data: str, labels: str, model: str | None, strategy: str | None, classes: list[str] | None, goal: int, text_column: str, seed: int) -> LabelStore:
-    """Read the pool and the labels file (answers so far), rank the texts, and check what a person will be asked."""
-    from textlora.active import rank_pool
+def open_store(
+    data: str, labels: str, model: str | None, strategy: str | None, classes: list[str] | None, goal: int, text_column: str, seed: int, round_size: int = 0
+) -> LabelStore:
+    """Read the pool and the labels file (answers so far), rank the texts, and check what a person will
+    be asked. With ``model`` and ``round_size``, the rounds' learner ranks them (from its prefix cache)."""
+    from textlora.active import rank_pool, read_pool
 
     if goal < 1:
         raise UserError(f"--goal: expected an integer >= 1, found {goal}")
@@ -225,10 +279,27 @@ def open_store(data: str, labels: str, model: str | None, strategy: str | None, 
         classes = names
     if not classes:
         raise UserError("--classes: name the classes (e.g. --classes negative positive), or give --model RUN")
-    ids, texts, answered, queue, _, _ = rank_pool(data, text_column, model, strategy, labels, list(classes), max(2 * goal, goal + 50), seed)
+    strategy = strategy or ("combined" if model else "kcenter")
+    n = max(2 * goal, goal + 50)
+    learner = None
+    if model and round_size:
+        from textlora.rounds import Learner
+
+        ids, texts, answered = read_pool(data, text_column, labels, list(classes))
+        if len(set(ids)) != len(ids):
+            raise UserError(f"{data}: ids repeat; each text needs its own id")
+        print("textlora label: loading the run for labelling rounds (the output of its frozen layers is cached once)", flush=True)
+        learner = Learner(model, texts, strategy=strategy, seed=seed)
+        index = {i: k for k, i in enumerate(ids)}
+        queue = learner.round({index[i]: a for i, a in answered.items()}, n).order  # after a restart: retrained on the answers so far
+    else:
+        ids, texts, answered, queue, _, _ = rank_pool(data, text_column, model, strategy, labels, list(classes), n, seed)
     if len(set(ids)) != len(ids):
         raise UserError(f"{data}: ids repeat; each text needs its own id")
-    return LabelStore(Path(labels), ids, texts, list(classes), queue, goal, answered)
+    store = LabelStore(Path(labels), ids, texts, list(classes), queue, goal, answered)
+    store.strategy, store.learner, store.round_size = strategy, learner, round_size if learner else 0
+    store.model["labels"] = store.labelled()  # the ranking so far has seen these
+    return store
 
 
 def serve_labels(store: LabelStore, host: str, port: int, api_key: str | None) -> None:
