@@ -113,8 +113,22 @@ def test_the_mixed_loss_trains_and_the_run_is_a_plain_adapter(tmp_path, tiny_ber
     assert load(str(tmp_path / kind), precision="fp32").logits(["the goal in the match"]).shape == (1, 3)
 
 
-def test_contrastive_runs_from_the_prefix_cache_as_without_it(tmp_path, tiny_bert, data_dir, target_file):
-    model = {"model": {"dropout": 0.0}}  # no dropout: two passes of a text agree, and so do the two paths
+def test_the_two_views_differ_even_where_dropout_is_off(tiny_bert):
+    from transformers import BertForSequenceClassification
+
+    from textlora.objectives import _pooled, dropout_at_least
+
+    model = BertForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
+    ids, mask = torch.tensor([[2, 10, 11, 12, 3]]), torch.ones(1, 5, dtype=torch.long)
+    assert torch.equal(_pooled(model, ids, mask), _pooled(model, ids, mask))  # p = 0: one view
+    with dropout_at_least(model, 0.1):
+        assert not torch.allclose(_pooled(model, ids, mask), _pooled(model, ids, mask))
+    assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))  # as it was
+
+
+def test_contrastive_runs_from_the_prefix_cache_as_without_it(tmp_path, tiny_bert, data_dir, target_file, monkeypatch):
+    monkeypatch.setattr("textlora.objectives.VIEW_DROPOUT", 0.0)  # no dropout: two passes of a text agree, and so do the two paths
+    model = {"model": {"dropout": 0.0}}
     for name, cache in (("plain", "off"), ("cached", "auto")):
         cfg = _cfg(tmp_path, tiny_bert, data_dir, name, target_file, target_objective="contrastive", prefix_cache=cache)
         raw = yaml.safe_load(cfg.read_text())

@@ -3,8 +3,11 @@ from unlabelled target texts (``train.target_objective`` with ``data.target_text
 
 - ``contrastive`` (SimCSE, Gao et al. 2021): each target text passes twice under dropout; the two
   mean-pooled last-layer states of a text are pulled together and pushed away from the other texts
-  of its batch (InfoNCE, temperature 0.05). No extra weights; with ``lora.layers`` it runs from the
-  prefix cache, since dropout below the trained layers is off anyway.
+  of its batch (InfoNCE, temperature 0.05). Dropout is the only augmentation, so these passes run
+  with at least SimCSE's p = 0.1 in every dropout layer even where ``model.dropout`` turns it off
+  for the classification loss (with p = 0 the two views are one, and the loss only pushes texts
+  apart). No extra weights; with ``lora.layers`` it runs from the prefix cache (dropout below the
+  trained layers is off there, so the noise comes from the trained layers).
 - ``mlm`` (UDALM, Karouzos et al. 2021): 15% of each target text's tokens are masked (80% the mask
   token, 10% a random token, 10% kept) and predicted by a masked-LM head made for training (dense,
   GELU, LayerNorm, a decoder tied to the frozen word embeddings). Sentence-transformers checkpoints
@@ -19,6 +22,7 @@ Target texts that are also dev or eval-set texts are left out: those only measur
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +32,7 @@ from textlora.errors import UserError
 KINDS = ("none", "contrastive", "mlm")
 MIN_TEXTS = 200  # fewer target texts than this: the objective is skipped with a line saying so
 TEMPERATURE = 0.05  # SimCSE's
+VIEW_DROPOUT = 0.1  # SimCSE's: the least dropout of the contrastive passes
 MASK_RATE = 0.15  # BERT's and UDALM's
 
 
@@ -67,14 +72,28 @@ class TargetObjective:
         ids, mask = pad_batch(seqs, pad_id)
         ids, mask = ids.to(device), mask.to(device)
         if self.kind == "contrastive":
-            return contrastive_loss(_pooled(model, ids, mask), _pooled(model, ids, mask))
-        import contextlib
-
+            with dropout_at_least(model, VIEW_DROPOUT):
+                return contrastive_loss(_pooled(model, ids, mask), _pooled(model, ids, mask))
         masked, targets = mask_tokens(ids, mask, self.mask_id, self.vocab_size, self.special_ids)
         whole = attachment.aside() if attachment is not None else contextlib.nullcontext()  # masked texts are not in the prefix cache
         with whole:
             states = model(input_ids=masked, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
         return self.head.loss(states, targets)
+
+
+@contextlib.contextmanager
+def dropout_at_least(model, p: float):
+    """Every dropout layer of ``model`` at probability ``p`` or more for a while (then as it was)."""
+    import torch
+
+    changed = [(m, m.p) for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p < p]
+    for m, _ in changed:
+        m.p = p
+    try:
+        yield
+    finally:
+        for m, old in changed:
+            m.p = old
 
 
 def _pooled(model, ids, mask):
