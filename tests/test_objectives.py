@@ -5,10 +5,7 @@ too few target texts skipped with a line, and the pipeline passing its target te
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,6 +16,7 @@ from textlora.cli import main
 from textlora.objectives import MIN_TEXTS, contrastive_loss, mask_tokens
 
 from .conftest import fails, make_texts, write_config
+from .test_prefix import _train
 
 TOP = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["query", "value"], "bias": "all", "layers": 1}
 
@@ -139,14 +137,6 @@ def test_contrastive_runs_from_the_prefix_cache_as_without_it(tmp_path, tiny_ber
     assert cached["prefix_cache"]["used"] and cached["prefix_cache"]["texts"] > 200  # the target texts are in it
     assert [e["target_loss"] for e in cached["train_log"]] == pytest.approx([e["target_loss"] for e in plain["train_log"]], rel=1e-4, abs=1e-5)
     assert [e["loss"] for e in cached["train_log"]] == pytest.approx([e["loss"] for e in plain["train_log"]], rel=1e-4)
-
-
-def _train(cfg, *extra, fault=None):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("TEXTLORA_FAULT", None)
-    if fault:
-        env["TEXTLORA_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "textlora", "train", "--config", str(cfg), *extra], env=env, capture_output=True, text=True, timeout=180)
 
 
 def test_a_killed_mlm_run_resumes_exactly(tmp_path, tiny_bert, data_dir, target_file):
