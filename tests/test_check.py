@@ -79,6 +79,7 @@ def test_the_pipeline_drops_rows_that_fail_the_check_and_says_so(task, tiny_bert
     assert json.loads((root / "classifier" / "metrics.json").read_text())["data"]["extra_rows"] == 0
     summary = json.loads((root / "pipeline.json").read_text())
     assert any("failed the label check" in n for n in summary["notes"]) and "note: the generated rows failed the label check" in out
+    assert summary["methods"] == [{"method": "synthetic rows (prompts: instruct)", "ran": True, "kept": False, "evidence": f"label check: ~{check['noise']:.0%} mislabelled (above {check['max_noise']})"}]
     assert "synthetic" in summary["metrics"]  # the held-out rows still measure the final classifier
 
     # synthetic.check: false keeps them (only filter and what follows rerun)
@@ -115,6 +116,9 @@ def test_the_trial_stops_a_generator_whose_rows_carry_no_labels_after_its_first_
     summary = json.loads((root / "pipeline.json").read_text())
     kept = json.loads((root / "stages.json").read_text())["trial"]["rows"]
     assert any(n.startswith(f"stopped early: {kept} rows written before adaptation failed the label check") for n in summary["notes"]), summary["notes"]
+    (method,) = summary["methods"]
+    assert method["ran"] is False and method["kept"] is False and method["evidence"].startswith("the trial: ~")
+    assert "method: synthetic rows (prompts: instruct): not run (the trial: ~" in out
     assert "synthetic" not in summary["metrics"]
     # a rerun keeps the verdict without generating again; trial_rows: 0 runs the method anyway
     assert main(["pipeline", "--config", cfg_path]) == 0

@@ -109,6 +109,7 @@ def test_pipeline_source_only_and_self_training(task, tiny_bert, tiny_gpt2, caps
     assert len(pseudo) > 0 and not set(pseudo["text"]) & test_texts  # the eval set's texts are never pseudo-labelled
     metrics = json.loads((task / "out" / "round1" / "classifier" / "metrics.json").read_text())
     assert metrics["data"]["extra_rows"] == len(pseudo)
+    assert "method: self-training round 1: kept (the latest classifier (no labelled target rows to choose by))" in out
 
 
 def test_automatic_prompts_from_the_class_names_and_the_source_rows(task, tiny_bert, tiny_gpt2):
@@ -285,9 +286,11 @@ def test_the_target_objective_learns_from_the_pipelines_target_texts(task, tiny_
     assert main(["pipeline", "--config", path]) == 0  # 36 target texts: too few, skipped with a line, never an error
     out = capsys.readouterr().out
     assert "train: train.target_objective contrastive skipped: 27 target texts in" in out  # the 9 eval-set texts left out
+    assert "method: target objective (contrastive): not run (27 target texts in" in out
     monkeypatch.setattr("textlora.objectives.MIN_TEXTS", 20)
     assert main(["pipeline", "--config", path, "--output_dir", str(task / "out2")]) == 0
     out = capsys.readouterr().out
     assert "target objective contrastive on 27 target texts (weight" in out and "skipped" not in out
+    assert "method: target objective (contrastive): kept (weight " in out
     m = json.loads((task / "out2" / "classifier" / "metrics.json").read_text())
     assert m["target_objective"]["texts"] == 27 and "target_loss" in m["train_log"][-1]

@@ -250,6 +250,7 @@ def pipeline(config: PipelineConfig, overwrite: bool = False, stages: list | Non
             "stages": record.summary,
             "metrics": ctx.results["evaluate"].data["metrics"],
             "notes": ctx.notes,
+            "methods": methods(ctx),
             "machine": machine(),
             "resolved": ctx.resolved,
         }
@@ -321,6 +322,42 @@ def _labelled_rows(ctx: Context) -> None:
     ctx.note(f"target.labelled: {len(rows)} labelled target texts, {len(dev)} as the target dev set '{LABELLED_SET}' (it chooses), {len(train)} trained on")
 
 
+def methods(ctx: Context) -> list[dict]:
+    """Each adaptation method the config asked for: whether it ran, whether its result was kept, and
+    on what evidence (the trial's and the label check's estimates, the labelled target rows)."""
+    cfg, results, out = ctx.config, ctx.results, []
+    syn = cfg.synthetic
+    if syn.enabled:
+        name = f"synthetic rows (prompts: {syn.prompts})"
+        trial = (results.get("trial").data or {}).get("check") if "trial" in results else None
+        check = (results["filter"].data or {}).get("check") if "filter" in results else None
+        if trial and trial.get("passed") is False:
+            out.append({"method": name, "ran": False, "kept": False, "evidence": f"the trial: ~{trial['noise']:.0%} of its rows mislabelled (above {trial['max_noise']})"})
+        elif "filter" not in results:
+            out.append({"method": name, "ran": False, "kept": False, "evidence": "not run"})
+        elif check is None:
+            out.append({"method": name, "ran": True, "kept": True, "evidence": "synthetic.check: false (not judged)"})
+        elif "skipped" in check:
+            out.append({"method": name, "ran": True, "kept": True, "evidence": f"label check skipped: {check['skipped']}"})
+        else:
+            within = "at most" if check["passed"] else "above"
+            out.append({"method": name, "ran": True, "kept": bool(check["passed"]), "evidence": f"label check: ~{check['noise']:.0%} mislabelled ({within} {check['max_noise']})"})
+    objective = (results["train"].data or {}).get("target_objective") if "train" in results else None
+    if objective:
+        used = objective["used"]
+        evidence = f"weight {objective['weight']} on {objective['texts']:,} target texts (unjudged: no label-free test of it)" if used else objective["why"]
+        out.append({"method": f"target objective ({objective['kind']})", "ran": used, "kept": used, "evidence": evidence})
+    for k in range(1, cfg.self_training.rounds + 1):
+        stage = f"self-training {k}"
+        if stage not in results:
+            continue
+        run = results[stage].data["run"]
+        labelled = next((c[2] for c in ctx.candidates if c[0] == stage), None)
+        evidence = f"{LABELLED_SET} accuracy {labelled:.4f}" if labelled is not None else "the latest classifier (no labelled target rows to choose by)"
+        out.append({"method": f"self-training round {k}", "ran": True, "kept": str(ctx.run) == run, "evidence": evidence})
+    return out
+
+
 def format_summary(summary: dict) -> str:
     """The table the verb ends with: stage, seconds, rows, dev and eval-set accuracy."""
     sets = sorted({n for s in summary["stages"] for n in (s.get("eval_sets") or {})})
@@ -335,6 +372,9 @@ def format_summary(summary: dict) -> str:
     final = summary["metrics"]
     lines.append("final run: " + ", ".join(f"{n} accuracy {format_accuracy(m)}" for n, m in final.items()) + " (+- one standard error)")
     lines += [f"note: {n}" for n in summary["notes"]]
+    for m in summary.get("methods") or []:
+        verdict = "kept" if m["kept"] else ("ran, not kept" if m["ran"] else "not run")
+        lines.append(f"method: {m['method']}: {verdict} ({m['evidence']})")
     m = summary["machine"]
     lines.append(f"machine: {m['cpu']}, torch {m['torch_capability']}, {m['threads']} threads, {m['device']}")
     if any(s["cached"] for s in summary["stages"]):
