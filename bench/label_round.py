@@ -6,7 +6,7 @@ Loads the run as `textlora label --model RUN` does (its frozen prefix cached onc
 replayed source rows), ranks the pool, then for each round answers the first `--round-size` texts of
 the current ranking from the oracle file (../shared/data/TASK/oracle/target_unlabelled_labels.csv:
 there for simulated annotators) and times the round: the training from the run's weights, and the
-scoring and ranking of the whole pool. Prints and appends to bench/results/label_round.json with the CPU.
+scoring and ranking of the labelled texts and a sample of the pool (textlora.rounds.SCORE_LIMIT). Prints and appends to bench/results/label_round.json with the CPU.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main() -> None:
     t0 = time.perf_counter()
     learner = Learner(args.run, pool["text"].tolist(), strategy=args.strategy)
     load_s = time.perf_counter() - t0
-    first = learner.round({}, 200)
+    first = learner.round({}, 200, whole=True)
     print(f"loaded in {load_s:.1f} s (prefix cache {getattr(learner, 'cache_seconds', None)} s); first ranking {first.seconds}", flush=True)
     answers: dict[int, str] = {}
     order, rounds = first.order, []
@@ -60,6 +60,7 @@ def main() -> None:
         "pool": len(pool),
         "strategy": args.strategy,
         "steps": learner.steps,
+        "score_limit": learner.score_limit,
         "batch_size": learner.batch_size,
         "prefix_split": learner.split,
         "load_s": round(load_s, 1),

@@ -49,6 +49,19 @@ def test_a_round_starts_from_the_run_and_depends_on_its_labels_alone(trained, po
     assert _digest(run / "adapter_model.safetensors") == before  # the run on disk is never touched
 
 
+def test_a_round_ranks_a_sample_of_a_large_pool(trained, pool):
+    from textlora.rounds import Learner
+
+    learner = Learner(trained / "run", pool["text"].tolist(), strategy="margin", score_limit=20)
+    answers = {k: NAMES[pool["label"][k]] for k in range(6)}
+    a, b = learner.round(answers, 50), learner.round(answers, 50)
+    assert a.order == b.order and len(a.order) == 20 and not set(a.order) & set(answers)  # 20 of the 54 unanswered, the same 20 for the same labels
+    probs, _ = learner.score(a.order)
+    top = np.sort(probs, axis=1)
+    assert np.all(np.diff(top[:, -1] - top[:, -2]) >= -1e-6)  # margin's order: the smallest gap first
+    assert len(learner.round(answers, 50, whole=True).order) == 50
+
+
 def test_a_round_from_the_prefix_cache_ranks_as_without_it(tmp_path, tiny_bert, trained, pool):
     from textlora.rounds import Learner
 

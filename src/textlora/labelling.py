@@ -291,7 +291,7 @@ def open_store(
         print("textlora label: loading the run for labelling rounds (the output of its frozen layers is cached once)", flush=True)
         learner = Learner(model, texts, strategy=strategy, seed=seed)
         index = {i: k for k, i in enumerate(ids)}
-        queue = learner.round({index[i]: a for i, a in answered.items()}, n).order  # after a restart: retrained on the answers so far
+        queue = learner.round({index[i]: a for i, a in answered.items()}, n, whole=True).order  # after a restart: retrained on the answers so far
     else:
         ids, texts, answered, queue, _, _ = rank_pool(data, text_column, model, strategy, labels, list(classes), n, seed)
     if len(set(ids)) != len(ids):

@@ -10,8 +10,11 @@ then pays only for the top layers:
    round never builds on a previous round's noise);
 2. a short training (``steps`` steps of ``batch_size`` rows, half the labelled target texts, half
    replayed source rows, the run's learning rate decaying linearly to 0);
-3. every pool text scored (class probabilities and the pooled vectors the strategy reads), and the
-   texts not yet answered ranked by the strategy (``textlora.active.choose``).
+3. the labelled texts and a random sample of ``score_limit`` (600) unanswered pool texts (a new
+   sample each round; the whole pool when it is smaller, and at start-up) scored (class
+   probabilities and the pooled vectors the strategy reads), and the sample ranked by the strategy
+   (``textlora.active.choose``). Scoring the whole pool would cost a round more than the rest of it
+   together on a CPU; subsampling the pool each round is the usual remedy in deep active learning.
 
 The page runs rounds in a background thread (``textlora.labelling``); the person keeps answering
 from the previous ranking meanwhile. The pipeline's ``target.labelled`` trains the final classifier.
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 REPLAY_ROWS = 256  # source rows a round replays beside the labelled target texts
+SCORE_LIMIT = 600  # unanswered pool texts a round scores (a random sample when the pool is larger)
 
 
 @dataclass
@@ -36,7 +40,17 @@ class RoundResult:
 
 
 class Learner:
-    def __init__(self, run, texts: list[str], strategy: str = "combined", steps: int = 16, batch_size: int = 16, seed: int = 0, cache: bool = True):
+    def __init__(
+        self,
+        run,
+        texts: list[str],
+        strategy: str = "combined",
+        steps: int = 16,
+        batch_size: int = 16,
+        seed: int = 0,
+        cache: bool = True,
+        score_limit: int | None = SCORE_LIMIT,
+    ):
         import torch
 
         from textlora.data import encode_labels, read_texts
@@ -51,7 +65,7 @@ class Learner:
         if cfg.data.multi_label:
             raise UserError(f"--model {self.run.path}: a multi-label run; the labelling page asks for one class a text")
         self.names = self.run.labels
-        self.strategy, self.steps, self.batch_size, self.seed = strategy, steps, batch_size, seed
+        self.strategy, self.steps, self.batch_size, self.seed, self.score_limit = strategy, steps, batch_size, seed, score_limit
         self.device = default_device()
         self.precision = resolve_precision(cfg.train.precision, self.device)
         torch.manual_seed(seed)
@@ -94,9 +108,10 @@ class Learner:
 
         return attached(self.model, self.cache, self.split) if self.cache is not None else contextlib.nullcontext()
 
-    def round(self, labelled: dict[int, str], n: int) -> RoundResult:
-        """Train on ``labelled`` (pool index -> class name) from the run's weights, score the pool, and
-        return the first ``n`` texts not in ``labelled`` (nor skipped: pass those with an empty name)."""
+    def round(self, labelled: dict[int, str], n: int, whole: bool = False) -> RoundResult:
+        """Train on ``labelled`` (pool index -> class name) from the run's weights, score the pool (a
+        sample of it unless ``whole``), and return the first ``n`` texts not in ``labelled`` (nor
+        skipped: pass those with an empty name) in the strategy's order."""
         import torch
 
         from textlora.active import choose
@@ -105,9 +120,13 @@ class Learner:
         rows = [(k, self.names.index(name)) for k, name in labelled.items() if name]
         self._train(rows)
         t1 = time.perf_counter()
-        probs, pooled = self.score()
-        done = sorted(labelled)
-        order = choose(self.strategy, n, len(self.pool), done, probs, pooled, seed=self.seed + len(labelled))
+        free = np.setdiff1d(np.arange(len(self.pool)), np.fromiter(labelled, dtype=np.int64, count=len(labelled)))
+        if not whole and self.score_limit and len(free) > self.score_limit:
+            free = np.sort(np.random.default_rng([self.seed, len(labelled), 11]).choice(free, self.score_limit, replace=False))
+        scored = np.union1d(free, np.fromiter(labelled, dtype=np.int64, count=len(labelled)))
+        probs, pooled = self.score(scored)
+        done = np.flatnonzero(np.isin(scored, list(labelled)))
+        order = [int(scored[i]) for i in choose(self.strategy, n, len(scored), done, probs, pooled, seed=self.seed + len(labelled))]
         self.rounds += 1
         t2 = time.perf_counter()
         torch.set_grad_enabled(True)
@@ -151,9 +170,10 @@ class Learner:
                 opt.zero_grad(set_to_none=True)
         self.model.eval()
 
-    def score(self) -> tuple[np.ndarray, np.ndarray]:
-        """Class probabilities and pooled vectors of every pool text, from the model as it is now."""
+    def score(self, which=None) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities and pooled vectors of the pool texts ``which`` (default: all), from the model as it is now."""
         from textlora.active import probabilities_and_pooled
 
+        texts = self.pool if which is None else [self.pool[int(k)] for k in which]
         with self._attached():
-            return probabilities_and_pooled(self.model, self.pool, self.pad_id, len(self.names), self.config, self.precision, self.device)
+            return probabilities_and_pooled(self.model, texts, self.pad_id, len(self.names), self.config, self.precision, self.device)
