@@ -54,7 +54,7 @@ class TargetObjective:
     def batch(self, draw: int) -> list:
         """The ``draw``-th target batch (token ids): length-grouped passes over the texts, each pass
         shuffled by (seed, pass), so a batch depends on its number alone."""
-        from textlora.training import epoch_batches
+        from textlora.runtime import epoch_batches
 
         lengths = np.array([len(ids) for ids in self.encoded])
         if self._cycle[1] is None:

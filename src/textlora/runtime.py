@@ -278,3 +278,22 @@ def finish_distributed(dist_info: Dist) -> None:
 
         dist.barrier()
         dist.destroy_process_group()
+
+
+MEGA_BATCH = 50  # length grouping sorts within shuffled windows of this many batches
+
+
+def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """Length-grouped batches for one epoch: shuffle, sort within mega-batches, shuffle the batches.
+
+    A pure function of (seed, epoch), which is what makes resume exact.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    batches = []
+    window = batch_size * MEGA_BATCH
+    for start in range(0, len(order), window):
+        chunk = order[start : start + window]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]

@@ -32,30 +32,8 @@ from textlora.fsutil import hold_lock, lock_path
 from textlora.metrics import metrics_from_logits
 from textlora.resolve import resolve
 from textlora.run import clear_run, is_run_dir, write_run
-from textlora.runtime import Dist, encode_texts, finish_distributed, init_distributed, make_scheduler, optimizer_step, pad_batch, predict_logits
+from textlora.runtime import Dist, encode_texts, epoch_batches, finish_distributed, init_distributed, make_scheduler, optimizer_step, pad_batch, predict_logits
 from textlora.version import __version__
-
-MEGA_BATCH = 50  # length grouping sorts within shuffled windows of this many batches
-
-
-# --- batching ----------------------------------------------------------------------------
-
-
-def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """Length-grouped batches for one epoch: shuffle, sort within mega-batches, shuffle the batches.
-
-    A pure function of (seed, epoch), which is what makes resume exact.
-    """
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(lengths))
-    batches = []
-    window = batch_size * MEGA_BATCH
-    for start in range(0, len(order), window):
-        chunk = order[start : start + window]
-        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
-
 
 # --- interruption ------------------------------------------------------------------------
 
