@@ -50,19 +50,20 @@ class TargetObjective:
     vocab_size: int = 0
     special_ids: list = field(default_factory=list)
     _cycle: tuple = (-1, None)  # (cycle, its batches): the batches of the cycle in use
+    _lengths: object = None  # tokens a text, computed with the first batch
 
     def batch(self, draw: int) -> list:
         """The ``draw``-th target batch (token ids): length-grouped passes over the texts, each pass
         shuffled by (seed, pass), so a batch depends on its number alone."""
         from textlora.runtime import epoch_batches
 
-        lengths = np.array([len(ids) for ids in self.encoded])
         if self._cycle[1] is None:
-            self._cycle = (0, epoch_batches(lengths, self.batch_size, self.seed + 7919, 0))
+            self._lengths = np.array([len(ids) for ids in self.encoded])
+            self._cycle = (0, epoch_batches(self._lengths, self.batch_size, self.seed + 7919, 0))
         per_cycle = len(self._cycle[1])  # the same count every pass
         cycle, j = divmod(draw, per_cycle)
         if cycle != self._cycle[0]:
-            self._cycle = (cycle, epoch_batches(lengths, self.batch_size, self.seed + 7919, cycle))
+            self._cycle = (cycle, epoch_batches(self._lengths, self.batch_size, self.seed + 7919, cycle))
         return [self.encoded[i] for i in self._cycle[1][j]]
 
     def loss(self, model, seqs: list, pad_id: int, device, attachment=None):

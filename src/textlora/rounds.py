@@ -95,7 +95,6 @@ class Learner:
                 root=cache_dir() / "prefix", max_memory_gb=cfg.train.prefix_cache_memory_gb,
             )  # fmt: skip
             self.cache_seconds = round(time.perf_counter() - t0, 1)
-        self.rounds = 0
 
     def _load_adapter(self) -> None:
         from peft import set_peft_model_state_dict
@@ -112,7 +111,6 @@ class Learner:
         """Train on ``labelled`` (pool index -> class name) from the run's weights, score the pool (a
         sample of it unless ``whole``), and return the first ``n`` texts not in ``labelled`` (nor
         skipped: pass those with an empty name) in the strategy's order."""
-        import torch
 
         from textlora.active import choose
 
@@ -127,16 +125,14 @@ class Learner:
         probs, pooled = self.score(scored)
         done = np.flatnonzero(np.isin(scored, list(labelled)))
         order = [int(scored[i]) for i in choose(self.strategy, n, len(scored), done, probs, pooled, seed=self.seed + len(labelled))]
-        self.rounds += 1
         t2 = time.perf_counter()
-        torch.set_grad_enabled(True)
         return RoundResult(order, len(rows), {"train": round(t1 - t0, 2), "score": round(t2 - t1, 2), "total": round(t2 - t0, 2)})
 
     def _train(self, rows: list[tuple[int, int]]) -> None:
         import torch
 
         from textlora.device import autocast
-        from textlora.runtime import pad_batch
+        from textlora.runtime import optimizer_step, pad_batch
 
         with torch.no_grad():
             for name, p in self.model.named_parameters():
@@ -161,13 +157,8 @@ class Learner:
                 ids, mask = pad_batch(seqs, self.pad_id)
                 with autocast(self.precision, self.device):
                     logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-                loss = torch.nn.functional.cross_entropy(logits.float(), y)
-                loss.backward()
-                if cfg.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
+                torch.nn.functional.cross_entropy(logits.float(), y).backward()
+                optimizer_step(opt, sched, params, cfg.max_grad_norm)
         self.model.eval()
 
     def score(self, which=None) -> tuple[np.ndarray, np.ndarray]:
