@@ -211,3 +211,32 @@ def test_a_new_text_set_computes_only_its_new_texts(tmp_path, tiny_bert, capsys)
     ids = torch.tensor([e + [0] * (40 - len(e)) for e in second])
     mask = (torch.arange(40)[None, :] < torch.tensor([len(e) for e in second])[:, None]).long()
     assert torch.allclose(grown.states(ids, mask), fresh.states(ids, mask), atol=1e-5)
+
+
+def test_evaluate_and_predict_score_the_texts_training_cached_through_the_top_layers(tmp_path, tiny_bert, data_dir, monkeypatch):
+    """A run trained with ``lora.layers`` scores the texts its training cached (its rows, dev split and
+    eval sets) from the cache, any other text through the whole model, and gives the whole model's answers."""
+    import pandas as pd
+
+    from textlora import prefix
+    from textlora.prediction import load
+
+    assert main(["train", "--config", str(_cfg(tmp_path, tiny_bert, data_dir, "run"))]) == 0
+    seen = pd.read_csv(data_dir / "train.csv")["text"].tolist()[:12]
+    new = [f"{t} and something never seen before" for t in pd.read_csv(data_dir / "test.csv")["text"].tolist()[:9]]
+    texts = [t for pair in zip(seen, new) for t in pair] + seen[9:]  # mixed, so the two parts must be put back in order
+    whole = load(str(tmp_path / "run"), precision="fp32").logits(texts)
+    clf = load(str(tmp_path / "run"), precision="fp32", cached=True)
+    assert np.allclose(clf.logits(texts), whole, atol=1e-4)
+    assert clf.from_cache == 12  # the 12 training texts; the 9 new ones ran through every layer
+    # the cached pass really reads the stored states: states off by much change the answers
+    real = prefix.CachedStates.states
+    monkeypatch.setattr(prefix.CachedStates, "states", lambda self, ids, mask: real(self, ids, mask) + 5.0)
+    off = load(str(tmp_path / "run"), precision="fp32", cached=True).logits(texts)
+    hit = np.isin(np.arange(len(texts)), [i for i, t in enumerate(texts) if t in seen])
+    assert not np.allclose(off[hit], whole[hit], atol=1e-2) and np.allclose(off[~hit], whole[~hit], atol=1e-4)
+    # a run trained with `train.prefix_cache: off` reads no cache either
+    assert main(["train", "--config", str(_cfg(tmp_path, tiny_bert, data_dir, "plain", prefix_cache="off"))]) == 0
+    clf = load(str(tmp_path / "plain"), precision="fp32", cached=True)
+    clf.logits(texts)
+    assert clf.from_cache == 0

@@ -130,7 +130,7 @@ def probabilities_and_embeddings(run, texts: list[str], batch_size: int = 64) ->
     from textlora.prediction import Classifier
     from textlora.runtime import encode_texts
 
-    clf = Classifier(run, batch_size=batch_size)
+    clf = Classifier(run, batch_size=batch_size, cached=True)
     encoded = encode_texts(clf.tokenizer, texts, clf.max_length, clf.config.model.truncation)
     return probabilities_and_pooled(clf.model, encoded, clf.tokenizer.pad_token_id or 0, len(clf.label_names), clf.config, clf.precision, clf.device, batch_size)
 

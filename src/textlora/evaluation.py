@@ -119,7 +119,7 @@ def evaluate(
         out = check_output(output_dir, flag="--output-dir", overwrite=overwrite, folder=True, taken=clash)
     run = as_run(model)  # check every input before loading any weights
     labelled = [read_labelled(run, f, text_column, label_column, pair_column) for f in files]
-    clf = load(run, batch_size=batch_size)
+    clf = load(run, batch_size=batch_size, cached=True)
     results = {}
     for f, (frame, y_true) in zip(files, labelled):
         logits = clf.logits(frame.texts, progress=len(frame.texts) > 2000)

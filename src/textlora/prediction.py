@@ -48,9 +48,15 @@ class _Loaded:
 
 
 class Classifier(_Loaded):
-    """A run directory loaded for prediction (LoRA merged into the base weights)."""
+    """A run directory loaded for prediction (LoRA merged into the base weights).
 
-    def __init__(self, run: str | os.PathLike | Run, *, precision: str = "auto", batch_size: int = BATCH_SIZE):
+    ``cached``: a run trained with ``lora.layers`` scores the texts whose frozen-prefix states an
+    earlier cache holds (its dev split, eval sets, target texts: ``textlora.prefix``) through its
+    top layers alone, and every other text through the whole model; the answers are those of the
+    whole model to bf16 precision (rows near a tie are scored again in fp32 without the cache).
+    """
+
+    def __init__(self, run: str | os.PathLike | Run, *, precision: str = "auto", batch_size: int = BATCH_SIZE, cached: bool = False):
         from textlora.models import load_model
 
         self.run = as_run(run)
@@ -60,13 +66,52 @@ class Classifier(_Loaded):
         self.precision = resolve_precision(precision, self.device)
         self.batch_size = batch_size
         self.max_length = self.config.model.max_length
+        self.cached = cached
+        self._prefix = None  # (CachedStates or None, split), found on first use
+        self.from_cache = 0  # texts scored from the prefix cache so far
+
+    def _score(self, encoded, progress: bool = False, exact=None) -> np.ndarray:
+        return predict_logits(
+            self.model, encoded, self.tokenizer.pad_token_id or 0, batch_size=self.batch_size, precision=self.precision, device=self.device, progress=progress,
+            multi_label=self.config.data.multi_label, exact=exact,
+        )
+
+    def _prefix_states(self):
+        """(the cached states this run's frozen layers match, or None; the first trained layer)."""
+        if self._prefix is None:
+            self._prefix = (None, 0)
+            layers = self.config.lora.layers
+            if self.cached and layers is not None and self.config.train.prefix_cache != "off":
+                from textlora.fsutil import cache_dir
+                from textlora.models import layer_indices
+                from textlora.prefix import cached_states
+
+                split = min(layer_indices(layers, self.model.config.num_hidden_layers))
+                if split > 0:
+                    self.model.requires_grad_(False)  # inference: what the cache key hashes is every frozen weight below split
+                    self._prefix = (cached_states(self.model, split, self.precision, cache_dir() / "prefix"), split)
+        return self._prefix
 
     def logits(self, texts: list, progress: bool = False) -> np.ndarray:
         encoded = encode_texts(self.tokenizer, texts, self.max_length, self.config.model.truncation)
-        return predict_logits(
-            self.model, encoded, self.tokenizer.pad_token_id or 0, batch_size=self.batch_size, precision=self.precision, device=self.device, progress=progress,
-            multi_label=self.config.data.multi_label,
-        )
+        states, split = self._prefix_states()
+        if states is None:
+            return self._score(encoded, progress)
+        from textlora.prefix import attached
+
+        hit = np.fromiter((states.holds(ids) for ids in encoded), dtype=bool, count=len(encoded))
+        parts = {}
+        if hit.any():
+            with attached(self.model, states, split) as att:
+                parts[True] = self._score([encoded[i] for i in np.flatnonzero(hit)], progress, exact=att.aside)
+        if not hit.all():
+            parts[False] = self._score([encoded[i] for i in np.flatnonzero(~hit)], progress)
+        width = next(iter(parts.values())).shape[1]
+        out = np.empty((len(encoded), width), dtype=np.float32)
+        for h, logits in parts.items():
+            out[hit if h else ~hit] = logits
+        self.from_cache += int(hit.sum())
+        return out
 
 
 class OnnxClassifier(_Loaded):
@@ -96,7 +141,7 @@ def load(run: str | os.PathLike | Run, **kwargs) -> Classifier | OnnxClassifier:
     """Open a run directory or an ONNX export (checked once) and load it for prediction."""
     run = as_run(run)
     if run.backend == "onnx":
-        return OnnxClassifier(run, batch_size=kwargs.get("batch_size", BATCH_SIZE))
+        return OnnxClassifier(run, batch_size=kwargs.get("batch_size", BATCH_SIZE))  # no prefix cache: an export is one graph
     return Classifier(run, **kwargs)
 
 
@@ -198,7 +243,7 @@ def predict(
     out = check_output(output, inputs=[data], overwrite=overwrite, flag="--output")
     chunks = read_text_chunks(data, text_column, chunk_rows=chunk_rows, pair_column=pair_column)
     first = next(chunks)  # the file's problems (missing, no text column, empty) before any weights load
-    clf = load(run, batch_size=batch_size)
+    clf = load(run, batch_size=batch_size, cached=True)
     dist_info, _ = init_distributed()
 
     def stream(f) -> None:

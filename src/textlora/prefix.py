@@ -206,6 +206,47 @@ def _donors(root: Path, digest: str, store: str, hidden: int, skip: Path) -> lis
     return found
 
 
+class CachedStates:
+    """The states that earlier caches of the same frozen weights hold, read only (never written):
+    what ``evaluate``, ``predict`` and ``pseudolabel`` use to score the texts a run's training has
+    already seen (its dev split, eval sets, target texts) through the top layers alone. Has
+    :class:`PrefixCache`'s ``states`` for :func:`attached`, and ``holds`` to split a batch of texts."""
+
+    def __init__(self, donors: list[tuple[dict, np.ndarray, np.ndarray]], dtype: str):
+        self.donors, self.dtype = donors, dtype
+        self.index: dict[bytes, tuple[int, int]] = {}
+        for d, (index, _offsets, _states) in enumerate(donors):
+            for k, j in index.items():
+                self.index.setdefault(k, (d, j))
+
+    def holds(self, ids) -> bool:
+        return _key(ids) in self.index
+
+    def states(self, ids, mask):
+        """[batch, width, hidden] float32 states for a padded batch, zeros at the padding."""
+        import torch
+
+        hidden = self.donors[0][2].shape[1]
+        out = torch.zeros((ids.shape[0], ids.shape[1], hidden), dtype=torch.float32)
+        for r in range(ids.shape[0]):
+            n = int(mask[r].sum())
+            d, j = self.index[_key(ids[r, :n])]
+            _, offsets, states = self.donors[d]
+            part = torch.from_numpy(np.array(states[offsets[j] : offsets[j] + n]))
+            out[r, :n] = (part.view(torch.bfloat16) if self.dtype == "bf16" else part).float()
+        return out
+
+
+def cached_states(model, split: int, precision: str, root: Path) -> CachedStates | None:
+    """The states entering layer ``split`` that caches under ``root`` hold for ``model``'s frozen weights
+    (None when none match: another model, split or dtype). Nothing is computed or written."""
+    store = "bf16" if precision == "bf16" else "fp32"
+    if not Path(root).is_dir():
+        return None
+    donors = _donors(Path(root), model_key(model, split, store), store, model.config.hidden_size, skip=Path(root))
+    return CachedStates(donors, store) if donors else None
+
+
 def _build(
     model, distinct, lengths, offsets, split, folder: Path, key: str, store: str, hidden: int, precision: str, device, batch_size: int, digest: str, root: Path
 ) -> None:

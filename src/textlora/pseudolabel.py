@@ -146,7 +146,7 @@ def _probabilities(run, data: str, text_column: str, chunk_rows: int, banned: se
 
     chunks = read_text_chunks(data, text_column, chunk_rows=chunk_rows)
     first = next(chunks)
-    clf = load(run, batch_size=batch_size)
+    clf = load(run, batch_size=batch_size, cached=True)
     probs, n_texts = [], 0
     for frame in itertools.chain([first], chunks):
         texts = [t for t in frame.texts if same_text(t) not in banned]
