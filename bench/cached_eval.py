@@ -1,0 +1,99 @@
+"""`textlora evaluate` of a top-k run with and without the prefix cache that its training left, in one run.
+
+Scores the run on the given labelled files twice: once with the caches under ``$TEXTLORA_CACHE``
+(the texts its training cached run through the top layers alone) and once with an empty cache folder
+(the same unpacked models linked in, no prefix caches: every text through the whole model, as before). Prints each pass's seconds, the ratio, and whether
+the two passes agree (accuracy per file), and appends them to bench/results/cached_eval.json with the CPU.
+
+    python bench/cached_eval.py --model runs/agnews-mpnet-top3-src-s42 \\
+        --data ../shared/data/agnews/test_labelled.csv ../shared/data/agnews/target_dev_labelled.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(model: str, files: list[str]) -> tuple[float, dict, int]:
+    from textlora.evaluation import evaluate
+    from textlora.prediction import Classifier
+
+    scored = []
+    real = Classifier.logits
+
+    def counting(self, texts, progress=False):  # how many texts came from the cache
+        out = real(self, texts, progress)
+        scored.append(self.from_cache)
+        return out
+
+    Classifier.logits = counting
+    try:
+        t0 = time.perf_counter()
+        results = evaluate(model, files)
+        seconds = time.perf_counter() - t0
+    finally:
+        Classifier.logits = real
+    results = {files[0]: results} if len(files) == 1 else results
+    return seconds, {Path(f).name: round(m["accuracy"], 4) for f, m in results.items()}, scored[-1] if scored else 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="a run trained with lora.layers")
+    ap.add_argument("--data", nargs="+", required=True, help="labelled files")
+    ap.add_argument("--output", default=str(ROOT / "bench" / "results" / "cached_eval.json"))
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT / "bench"))
+    from machine import cpu
+
+    from textlora.device import machine
+
+    cached_s, cached_acc, hits = timed(args.model, args.data)
+    from textlora.fsutil import cache_dir
+
+    real = cache_dir()
+    with tempfile.TemporaryDirectory() as empty:
+        for entry in real.iterdir():  # the unpacked models are linked, not unpacked again; only the prefix caches are missing
+            if entry.name != "prefix":
+                (Path(empty) / entry.name).symlink_to(entry)
+        before = os.environ.get("TEXTLORA_CACHE")
+        os.environ["TEXTLORA_CACHE"] = empty  # no cache to read: the whole model for every text
+        try:
+            whole_s, whole_acc, _ = timed(args.model, args.data)
+        finally:
+            if before is None:
+                os.environ.pop("TEXTLORA_CACHE")
+            else:
+                os.environ["TEXTLORA_CACHE"] = before
+    print(f"with the prefix cache: {cached_s:.1f} s ({hits:,} texts read from it); whole model: {whole_s:.1f} s; ratio {whole_s / cached_s:.2f}x")
+    print(f"accuracy with / without: {cached_acc} / {whole_acc}; {'the same' if cached_acc == whole_acc else 'DIFFERENT'}")
+    info = machine()
+    entry = {
+        "cpu": cpu(),
+        "torch_capability": info["torch_capability"],
+        "threads": info["threads"],
+        "model": args.model,
+        "files": args.data,
+        "cached_seconds": round(cached_s, 1),
+        "whole_seconds": round(whole_s, 1),
+        "texts_from_cache": hits,
+        "ratio": round(whole_s / cached_s, 2),
+        "accuracy_cached": cached_acc,
+        "accuracy_whole": whole_acc,
+    }
+    out = Path(args.output)
+    history = json.loads(out.read_text()) if out.is_file() else []
+    out.write_text(json.dumps([*history, entry], indent=2))
+    print(f"machine: {entry['cpu']}, torch {entry['torch_capability']}; saved {out}")
+
+
+if __name__ == "__main__":
+    main()
