@@ -157,7 +157,8 @@ class PseudoLabel:
 
 
 class Evaluate:
-    """The final run on its dev split and every eval set, as a user would evaluate it (merged weights). Not cached."""
+    """The final run on its dev split and every eval set, as a user would evaluate it (merged weights; the texts a
+    top-k run cached in training run through its top layers alone: ``textlora.prediction.Classifier``). The stage is not cached."""
 
     name = "evaluate"
 
