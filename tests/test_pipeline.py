@@ -294,3 +294,20 @@ def test_the_target_objective_learns_from_the_pipelines_target_texts(task, tiny_
     assert "method: target objective (contrastive): kept (weight " in out
     m = json.loads((task / "out2" / "classifier" / "metrics.json").read_text())
     assert m["target_objective"]["texts"] == 27 and "target_loss" in m["train_log"][-1]
+
+
+def test_with_lora_layers_the_target_texts_are_cached_and_predicted_from_the_cache(task, tiny_bert, tiny_gpt2, monkeypatch):
+    import pandas as pd
+
+    from textlora.prediction import load
+
+    monkeypatch.setenv("TEXTLORA_CACHE", str(task / "cache"))
+    cfg = pipeline_config(task, tiny_bert, tiny_gpt2, synthetic={"enabled": False}, lora={"layers": 1})
+    assert main(["pipeline", "--config", write(task / "p.yaml", cfg)]) == 0
+    run = task / "out" / "classifier"
+    texts = pd.read_csv(task / "target.csv")["text"].tolist()
+    held = set(pd.read_csv(task / "target_test.csv")["text"]) | set(pd.read_csv(run / "dev.csv")["text"])
+    assert any(t not in held for t in texts)  # texts that only the target file holds: cached for prediction alone
+    clf = load(str(run), precision="fp32", cached=True)
+    clf.logits(texts)
+    assert clf.from_cache == len(texts)

@@ -240,3 +240,37 @@ def test_evaluate_and_predict_score_the_texts_training_cached_through_the_top_la
     clf = load(str(tmp_path / "plain"), precision="fp32", cached=True)
     clf.logits(texts)
     assert clf.from_cache == 0
+
+
+def test_target_texts_join_the_cache_without_changing_training(tmp_path, tiny_bert, data_dir, capsys):
+    """With ``lora.layers`` and ``data.target_texts`` (no objective), the target texts' states are cached
+    with the rows', so predicting them later reads them back; training is the same, and so is the
+    pipeline's stage key. Above ``train.prefix_cache_memory_gb`` they are left out, with a line."""
+    import pandas as pd
+
+    from textlora.config import load_config
+    from textlora.prediction import load
+    from textlora.stages.classifier import train_key
+
+    from .conftest import make_texts
+
+    target = make_texts(20, seed=11).drop(columns=["label"])
+    target["text"] = target["text"] + " in the target domain"
+    target.to_csv(tmp_path / "target.csv", index=False)
+    plain = _cfg(tmp_path, tiny_bert, data_dir, "plain")
+    with_target = write_config(
+        tmp_path / "t.yaml", tiny_bert, data_dir / "train.csv", tmp_path / "t", train={"epochs": 2}, **{**TOP, "data": {
+            "train": str(data_dir / "train.csv"), "val_fraction": 0.25, "label_names": ["sports", "business", "science"], "target_texts": str(tmp_path / "target.csv")}},
+    )
+    assert main(["train", "--config", str(plain)]) == 0 and main(["train", "--config", str(with_target)]) == 0
+    a, b = _metrics(tmp_path, "plain"), _metrics(tmp_path, "t")
+    assert b["prefix_cache"]["texts"] == a["prefix_cache"]["texts"] + len(set(target["text"]))
+    assert [e["loss"] for e in b["train_log"]] == pytest.approx([e["loss"] for e in a["train_log"]], rel=1e-5)
+    texts = pd.read_csv(tmp_path / "target.csv")["text"].tolist()
+    clf = load(str(tmp_path / "t"), precision="fp32", cached=True)
+    assert np.allclose(clf.logits(texts), load(str(tmp_path / "t"), precision="fp32").logits(texts), atol=1e-4) and clf.from_cache == len(texts)
+    assert train_key(load_config(str(with_target))) == train_key(load_config(str(plain)))  # the stage is not redone for texts it only caches
+    capsys.readouterr()
+    assert main(["train", "--config", str(with_target), "--output_dir", str(tmp_path / "small"), "--train.prefix_cache_memory_gb", "0.000001"]) == 0
+    assert f"prefix cache: the {len(set(target['text'])):,} target texts left out" in capsys.readouterr().out
+    assert _metrics(tmp_path, "small")["prefix_cache"]["texts"] == a["prefix_cache"]["texts"]

@@ -98,7 +98,7 @@ class DataConfig:
     min_words: int = 0  # training rows with fewer words are dropped
     max_words: int | None = None  # training rows with more words are dropped
     eval_sets: dict[str, str] = field(default_factory=dict)  # name -> labelled file, evaluated with the dev split (never trained on)
-    target_texts: str | None = None  # unlabelled texts of the domain the classifier is for: what train.target_objective learns from
+    target_texts: str | None = None  # unlabelled texts of the domain the classifier is for: what train.target_objective learns from; with lora.layers their frozen-layer states are cached too (predict reads them back)
     target_text_column: str = "text"  # the column of target_texts that holds the text
 
     def __post_init__(self) -> None:

@@ -150,8 +150,11 @@ def _pipeline_config(raw: dict) -> PipelineConfig:
         raise UserError(f"config: unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})")
     classifier = {k: raw[k] for k in CLASSIFIER_KEYS if k in raw}
     train, data, target = (raw.get(k) or {} for k in ("train", "data", "target"))
-    if all(isinstance(x, dict) for x in (train, data, target)) and train.get("target_objective", "none") != "none" and not data.get("target_texts"):
-        # the classifier's target objective learns from the pipeline's target texts
+    lora = raw.get("lora")
+    top_k = isinstance(lora, dict) and lora.get("layers") is not None
+    if all(isinstance(x, dict) for x in (train, data, target)) and (train.get("target_objective", "none") != "none" or top_k) and not data.get("target_texts"):
+        # the classifier's target objective learns from the pipeline's target texts; with lora.layers they join the
+        # prefix cache, so that predicting them (and self-training's and the labelling page's passes) reads them back
         classifier["data"] = {**data, "target_texts": target.get("texts"), "target_text_column": target.get("text_column", "text")}
     checked = config_from_dict(copy.deepcopy(classifier))  # checks every key now, before any stage runs
     if not checked.data.train:

@@ -275,6 +275,8 @@ def _setup_prefix(s: Session) -> None:
     everything = [*s.train_enc, *s.val_enc, *(ids for enc, _ in s.sets_enc.values() for ids in enc)]
     if s.objective is not None and s.objective.kind == "contrastive":  # its passes run from the cache too
         everything += s.objective.encoded
+    elif s.config.data.target_texts:
+        everything += _target_for_cache(s, everything)
     t0 = time.perf_counter()
     try:
         s.prefix = prefix_cache(
@@ -295,6 +297,25 @@ def _setup_prefix(s: Session) -> None:
             f"({gb:.2f} GB, {'in memory' if p.where == 'memory' else 'memory-mapped'}; {p.path})",
             flush=True,
         )
+
+
+def _target_for_cache(s: Session, everything: list) -> list:
+    """``data.target_texts`` encoded, for the prefix cache alone (no objective learns from them): the
+    texts a run is later asked about (``predict``, ``pseudolabel``, the labelling page), read back from
+    the cache then instead of run through the frozen layers again. Only while the whole cache stays
+    within ``train.prefix_cache_memory_gb``: a large target file is left to the whole model."""
+    from textlora.objectives import target_texts
+    from textlora.runtime import encode_texts
+
+    texts = target_texts(s.config.data, s.splits)
+    encoded = encode_texts(s.tokenizer, texts, s.config.model.max_length, s.config.model.truncation)
+    width = s.core.config.hidden_size * (2 if s.precision == "bf16" else 4)
+    gb = (sum(map(len, everything)) + sum(map(len, encoded))) * width / 2**30
+    if gb > s.config.train.prefix_cache_memory_gb:
+        if s.dist.main:
+            print(f"prefix cache: the {len(texts):,} target texts left out (with them it would take {gb:.1f} GB, above train.prefix_cache_memory_gb)", flush=True)
+        return []
+    return encoded
 
 
 def _prefix(s: Session):

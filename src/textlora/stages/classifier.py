@@ -102,11 +102,13 @@ def train_key(config) -> str:
 
     settings = config.to_dict()
     data = settings["data"]
-    files = [data["train"], data["dev"], *data["extra_train"], *data["eval_sets"].values(), *([data["target_texts"]] if data["target_texts"] else [])]
+    # target texts change the run only when an objective learns from them (else they are only cached: textlora.training)
+    learns = data["target_texts"] if config.train.target_objective != "none" else None
+    files = [data["train"], data["dev"], *data["extra_train"], *data["eval_sets"].values(), *([learns] if learns else [])]
     if is_local_base(config.model.name):
         files.append(config.model.name)
         settings["model"] = {**settings["model"], "name": "local folder"}
-    settings["data"] = {**data, "train": None, "dev": bool(data["dev"]), "extra_train": len(data["extra_train"]), "eval_sets": sorted(data["eval_sets"]), "target_texts": bool(data["target_texts"])}
+    settings["data"] = {**data, "train": None, "dev": bool(data["dev"]), "extra_train": len(data["extra_train"]), "eval_sets": sorted(data["eval_sets"]), "target_texts": bool(learns)}
     return fingerprint(settings, files, paths=("output_dir",))
 
 
