@@ -79,15 +79,13 @@ def main() -> None:
     ap.add_argument("--output", default=str(ROOT / "bench" / "results" / "cached_eval.json"))
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))
-    from machine import cpu
-
-    from textlora.device import machine
-
     import peft  # noqa: F401  (imports paid before either timed pass)
     import transformers  # noqa: F401
+    from machine import cpu
 
     import textlora.evaluation  # noqa: F401
     import textlora.prediction  # noqa: F401
+    from textlora.device import machine
 
     cached_s, cached_acc, hits = timed(args.model, args.data)
     work = Path(tempfile.mkdtemp())
