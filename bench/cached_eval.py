@@ -55,7 +55,7 @@ def cache_texts(model: str, path: str) -> tuple[float, int]:
     from textlora.runtime import encode_texts
 
     clf = Classifier(model, cached=True)
-    _, split = clf._prefix_states()
+    _, split = clf.prefix_states()
     texts = read_texts(path, clf.config.data.text_column, None, require_labels=False).texts
     encoded = encode_texts(clf.tokenizer, texts, clf.max_length, clf.config.model.truncation)
     t0 = time.perf_counter()

@@ -274,3 +274,22 @@ def test_target_texts_join_the_cache_without_changing_training(tmp_path, tiny_be
     assert main(["train", "--config", str(with_target), "--output_dir", str(tmp_path / "small"), "--train.prefix_cache_memory_gb", "0.000001"]) == 0
     assert f"prefix cache: the {len(set(target['text'])):,} target texts left out" in capsys.readouterr().out
     assert _metrics(tmp_path, "small")["prefix_cache"]["texts"] == a["prefix_cache"]["texts"]
+
+
+def test_the_labelling_ranking_reads_the_cache_when_it_holds_every_text(tmp_path, tiny_bert, data_dir, monkeypatch):
+    import pandas as pd
+
+    from textlora import prefix
+    from textlora.active import probabilities_and_embeddings
+
+    assert main(["train", "--config", str(_cfg(tmp_path, tiny_bert, data_dir, "run", precision="auto"))]) == 0  # the precision inference takes
+    seen = pd.read_csv(data_dir / "train.csv")["text"].tolist()[:10]
+    probs, pooled = probabilities_and_embeddings(str(tmp_path / "run"), seen)
+    monkeypatch.setenv("TEXTLORA_CACHE", str(tmp_path / "empty"))
+    whole, whole_pooled = probabilities_and_embeddings(str(tmp_path / "run"), seen)
+    assert np.allclose(probs, whole, atol=2e-2) and np.allclose(pooled, whole_pooled, atol=5e-2)
+    monkeypatch.setenv("TEXTLORA_CACHE", str(tmp_path / "cache"))
+    real = prefix.CachedStates.states
+    monkeypatch.setattr(prefix.CachedStates, "states", lambda self, ids, mask: real(self, ids, mask) + 5.0)
+    shifted, _ = probabilities_and_embeddings(str(tmp_path / "run"), seen)
+    assert not np.allclose(shifted, probs, atol=1e-2)  # the pass read the cached states

@@ -126,13 +126,21 @@ def hashed_features(texts: list[str], dims: int = 4096) -> np.ndarray:
 
 def probabilities_and_embeddings(run, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """A run's class probabilities for ``texts`` and the pooled vectors its classification layer reads
-    (:func:`probabilities_and_pooled`), both in input order."""
+    (:func:`probabilities_and_pooled`), both in input order. When a prefix cache of the run's frozen
+    layers holds every text (a pipeline with ``lora.layers`` caches its target texts), the pass runs
+    through the top layers alone (``textlora.prediction.Classifier``)."""
+    import contextlib
+
     from textlora.prediction import Classifier
+    from textlora.prefix import attached
     from textlora.runtime import encode_texts
 
     clf = Classifier(run, batch_size=batch_size, cached=True)
     encoded = encode_texts(clf.tokenizer, texts, clf.max_length, clf.config.model.truncation)
-    return probabilities_and_pooled(clf.model, encoded, clf.tokenizer.pad_token_id or 0, len(clf.label_names), clf.config, clf.precision, clf.device, batch_size)
+    states, split = clf.prefix_states()
+    every = states is not None and all(states.holds(ids) for ids in encoded)
+    with attached(clf.model, states, split) if every else contextlib.nullcontext():
+        return probabilities_and_pooled(clf.model, encoded, clf.tokenizer.pad_token_id or 0, len(clf.label_names), clf.config, clf.precision, clf.device, batch_size)
 
 
 def probabilities_and_pooled(model, encoded: list, pad_id: int, classes: int, config, precision: str, device, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:

@@ -76,7 +76,7 @@ class Classifier(_Loaded):
             multi_label=self.config.data.multi_label, exact=exact,
         )
 
-    def _prefix_states(self):
+    def prefix_states(self):
         """(the cached states this run's frozen layers match, or None; the first trained layer)."""
         if self._prefix is None:
             self._prefix = (None, 0)
@@ -94,7 +94,7 @@ class Classifier(_Loaded):
 
     def logits(self, texts: list, progress: bool = False) -> np.ndarray:
         encoded = encode_texts(self.tokenizer, texts, self.max_length, self.config.model.truncation)
-        states, split = self._prefix_states()
+        states, split = self.prefix_states()
         if states is None:
             return self._score(encoded, progress)
         from textlora.prefix import attached
