@@ -13,7 +13,6 @@ the two passes agree (accuracy per file), and appends them to bench/results/cach
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -81,7 +80,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "bench"))
     import peft  # noqa: F401  (imports paid before either timed pass)
     import transformers  # noqa: F401
-    from machine import cpu
+    from machine import append_result, cpu
 
     import textlora.evaluation  # noqa: F401
     import textlora.prediction  # noqa: F401
@@ -142,10 +141,7 @@ def main() -> None:
         "accuracy_whole": whole_acc,
         **extra,
     }
-    out = Path(args.output)
-    history = json.loads(out.read_text()) if out.is_file() else []
-    out.write_text(json.dumps([*history, entry], indent=2))
-    print(f"machine: {entry['cpu']}, torch {entry['torch_capability']}; saved {out}")
+    append_result(args.output, entry)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,17 @@ def matmul_rates(repeats: int = 20) -> dict:
     return out
 
 
+def append_result(path, entry: dict) -> None:
+    """Append ``entry`` (with its "cpu" and "torch_capability") to the JSON list in ``path`` and say so."""
+    import json
+    from pathlib import Path
+
+    out = Path(path)
+    history = json.loads(out.read_text()) if out.is_file() else []
+    out.write_text(json.dumps([*history, entry], indent=2))
+    print(f"machine: {entry['cpu']}, torch {entry['torch_capability']}; saved {out}")
+
+
 if __name__ == "__main__":
     import json
 

@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--output", default=str(ROOT / "bench" / "results" / "topk_speed.json"))
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))
-    from machine import cpu
+    from machine import append_result, cpu
 
     from textlora.device import machine
 
@@ -113,10 +113,7 @@ def main() -> None:
         "epochs": args.epochs,
         "results": results,
     }
-    out = Path(args.output)
-    history = json.loads(out.read_text()) if out.is_file() else []
-    out.write_text(json.dumps([*history, entry], indent=2))
-    print(f"machine: {entry['cpu']}, torch {entry['torch_capability']}; saved {out}")
+    append_result(args.output, entry)
 
 
 if __name__ == "__main__":
