@@ -183,3 +183,29 @@ def test_every_generation_path_samples_the_reference_distribution(path):
                    device=torch.device("cpu"), fused=not path.startswith("transformers"))
     counts = torch.bincount(torch.tensor([r[0] for r in first]), minlength=want.numel()).float() / n
     assert 0.5 * (counts - want).abs().sum().item() < 0.06  # measured 0.024; uniform over the top k would be 0.18
+
+
+@pytest.mark.parametrize("make", [_tiny_llama, _tiny_gpt2])
+def test_span_filling_reads_each_rows_own_text_and_padding_changes_nothing(make):
+    """fill_spans: rows of different heads, span lengths, kept texts and span counts in one batch;
+    each sampled token is what greedy decoding of the row alone (head, fills and kept text so far)
+    gives, so the padding between rows is never read; EOS is never sampled."""
+    from textlora.augment.sampling import fill_spans
+
+    model = make()
+    greedy = SamplingSettings(top_k=1, repetition_penalty=1.0)
+    heads = [[5, 6, 7], [9], [20, 21]]
+    plans = [[(2, [11, 12, 13]), (1, [14])], [(1, [15]), (3, [])], [(2, [])]]
+    kw = {"pad_id": 0, "device": torch.device("cpu")}
+    got = fill_spans(model, heads, plans, greedy, eos_id=1, generator=torch.Generator().manual_seed(0), **kw)
+    for head, plan, fills in zip(heads, plans, got):
+        assert [len(f) for f in fills] == [n for n, _ in plan]
+        text = list(head)
+        for (_, kept), fill in zip(plan, fills):
+            for token in fill:
+                alone = sample(model, [text], [1], greedy, eos_id=1, stop_at_eos=False, generator=torch.Generator().manual_seed(0), **kw)
+                assert token == alone[0][0] and token != 1
+                text.append(token)
+            text += kept
+    seeded = [fill_spans(model, heads, plans, SamplingSettings(), eos_id=1, generator=torch.Generator().manual_seed(3), **kw) for _ in range(2)]
+    assert seeded[0] == seeded[1]

@@ -198,6 +198,26 @@ def _rope(x, cos, sin):
     return x * cos + rotated * sin
 
 
+def _left_padded(prompts: list[list[int]], pad_id: int, device, width: int | None = None):
+    """(ids, mask, seen), each (B, ``width`` or the longest prompt), left-padded so that the last
+    position of every row is its newest token; in ``seen`` (for the penalty) padding repeats the
+    row's first token. A row may be empty (all padding)."""
+    import torch
+
+    n, width = len(prompts), width or max(len(p) for p in prompts)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    seen = torch.full((n, width), pad_id, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if not p:
+            continue
+        ids[i, width - len(p) :] = torch.as_tensor(p)
+        mask[i, width - len(p) :] = 1
+        seen[i] = p[0]
+        seen[i, width - len(p) :] = torch.as_tensor(p)
+    return ids.to(device), mask.to(device), seen.to(device)
+
+
 def sample(
     model,
     prompts: list[list[int]],
@@ -227,17 +247,8 @@ def sample(
     """
     import torch
 
-    n = len(prompts)
-    width = max(len(p) for p in prompts)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    seen = torch.empty((n, width), dtype=torch.long)
-    for i, p in enumerate(prompts):  # left padding: the last position of every row is its newest token
-        ids[i, width - len(p) :] = torch.as_tensor(p)
-        mask[i, width - len(p) :] = 1
-        seen[i] = p[0]  # padding positions repeat a prompt token, so that the penalty ignores them
-        seen[i, width - len(p) :] = torch.as_tensor(p)
-    ids, mask, seen = ids.to(device), mask.to(device), seen.to(device)
+    n, width = len(prompts), max(len(p) for p in prompts)
+    ids, mask, seen = _left_padded(prompts, pad_id, device)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
     limit = torch.as_tensor(max_new_tokens, device=device)
     rows = torch.arange(n, device=device)  # which original row each active row is
@@ -275,3 +286,82 @@ def sample(
             seen = torch.cat([seen, token], dim=1)
             positions = positions[:, -1:] + 1
             logits = step_fn(token, mask, positions)
+
+
+def fill_spans(
+    model,
+    heads: list[list[int]],
+    plans: list[list[tuple[int, list[int]]]],
+    s: SamplingSettings,
+    *,
+    pad_id: int,
+    eos_id: int | None,
+    generator,
+    device,
+    fused: bool = True,
+) -> list[list[list[int]]]:
+    """Fill masked spans left to right: each row reads its head, samples its first span, reads its
+    own text up to the next span, samples that one, and so on (``textlora.augment.rewrite``).
+
+    The batch moves span by span: the sampling steps of span j run together (a row whose span is
+    shorter, or that has no span j, waits with masked padding), then every row's kept text up to
+    span j + 1 is read in one chunked forward, left-padded within the chunk. Padding is never
+    attended, so a row's fills are those it would get alone (up to float rounding); reading the
+    kept text in chunks costs a prefill, not a decoding step a token.
+
+    Args:
+        model: a causal LM in eval mode.
+        heads: token ids of each row's text before its first span (at least one token).
+        plans: per row, ``(tokens to sample, kept token ids after them)`` for each span, in order.
+        s: sampling settings; ``eos_id`` is never sampled (a fill does not end the row).
+        pad_id: the padding token (masked out).
+        generator: a seeded ``torch.Generator`` on ``device``'s type.
+        device: where the model runs.
+        fused: use :class:`LlamaStepper` where the model supports it.
+
+    Returns:
+        per row, the sampled token ids of each span.
+    """
+    import torch
+
+    n, width = len(heads), max(len(h) for h in heads)
+    spans = max((len(p) for p in plans), default=0)
+    ids, mask, seen = _left_padded(heads, pad_id, device)
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    last = positions[:, -1:]  # each row's newest position
+    steps = [max((p[j][0] for p in plans if j < len(p)), default=0) for j in range(spans)]
+    chunks = [max((len(p[j][1]) for p in plans if j < len(p)), default=0) for j in range(spans)]
+    if fused and LlamaStepper.supports(model):
+        step_fn = LlamaStepper(model, n, width + sum(steps) + sum(chunks))
+    else:
+        step_fn = HFStepper(model)
+    out: list[list[list[int]]] = [[[] for _ in p] for p in plans]
+
+    def advance(tokens, real):
+        """Feed (B, T) tokens where ``real`` (B, T) marks a row's own; keep the logits of rows that read nothing."""
+        nonlocal mask, seen, last, logits
+        mask = torch.cat([mask, real.long()], dim=1)
+        pos = last + real.long().cumsum(1)
+        fresh = step_fn(tokens, mask, torch.where(real, pos, last))
+        moved = real.any(dim=1)
+        last = pos[:, -1:]
+        logits = torch.where(moved[:, None], fresh, logits)
+        seen = torch.cat([seen, torch.where(real, tokens, seen[:, :1])], dim=1)
+
+    with torch.inference_mode():
+        logits = step_fn(ids, mask, positions)
+        for j in range(spans):
+            want = torch.tensor([p[j][0] if j < len(p) else 0 for p in plans], device=device)
+            for t in range(steps[j]):
+                if eos_id is not None:
+                    logits[:, eos_id] = float("-inf")
+                cand, probs = candidates(logits, seen, s)
+                token = cand.gather(1, torch.multinomial(probs, 1, generator=generator))  # (B, 1)
+                real = (want > t)[:, None]
+                for i in real[:, 0].nonzero()[:, 0].tolist():
+                    out[i][j].append(int(token[i, 0]))
+                advance(torch.where(real, token, pad_id), real)
+            if chunks[j]:
+                kept, real = _left_padded([p[j][1] if j < len(p) else [] for p in plans], pad_id, device, width=chunks[j])[:2]
+                advance(kept, real.bool())
+    return out
