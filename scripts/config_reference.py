@@ -27,6 +27,7 @@ SECTIONS = [  # (heading, dataclass "module:Class", key prefix)
     ("adapt (`textlora adapt`, and the pipeline's `adapt` section, whose files the pipeline fills in)", "textlora.augment.adapt:AdaptConfig", ""),
     ("generate (`textlora generate`, and the pipeline's `generate` section)", "textlora.augment.generate:GenerateConfig", ""),
     ("filter (`textlora filter`, and the pipeline's `filter` section)", "textlora.augment.filter:FilterConfig", ""),
+    ("rewrite (the pipeline's `rewrite` section: `synthetic.prompts: rewrite`)", "textlora.augment.rewrite:RewriteConfig", ""),
 ]
 
 

@@ -11,7 +11,9 @@ checkpoint):
 1. ``adapt``: the causal LM fine-tuned on the unlabelled target texts (the eval sets' texts left
    out); with ``synthetic.prompts: labelled`` also on the source rows written ``LABEL: text``.
 2. ``generate``: labelled target-style rows from class prompts (made automatically unless a
-   prompt file is given); each row's label is its class name.
+   prompt file is given); each row's label is its class name. With ``synthetic.prompts: rewrite``
+   the rows are labelled source rows with their most source-specific words written again by the
+   adapted LM instead (``textlora.augment.rewrite``; settings under ``rewrite:``).
 3. ``filter``: length, garbage and duplicates; then ``synthetic.dev_fraction`` of the kept rows
    are held out as the eval set ``synthetic`` (target-style rows the classifier never trains on).
    Then the label check (``synthetic.check``, ``textlora.augment.check``): a bag-of-words probe
@@ -53,6 +55,7 @@ OWNED = {
     "adapt": {"texts": "target.texts", "text_column": "target.text_column", "exclude": "data.eval_sets", "labelled": "synthetic.prompts: labelled"},
     "generate": {"model": "the adapt stage", "prompts": "synthetic.prompts"},
     "filter": {"input": "the generate stage", "real": "data.train", "text_column": "data.text_column", "label_column": "data.label_column"},
+    "rewrite": {"model": "the adapt stage", "source": "the source training split", "target": "target.texts", "target_text_column": "target.text_column", "output": "the pipeline"},
 }
 
 
@@ -71,7 +74,7 @@ class TargetConfig:
 @dataclass
 class SyntheticConfig:
     enabled: bool = True  # false: no adapt/generate/filter (the classifier trains on the source rows alone)
-    prompts: str = "instruct"  # instruct | source | labelled (made from the data; textlora.augment.prompts) | a prompt file (YAML)
+    prompts: str = "instruct"  # instruct | source | labelled (made from the data; textlora.augment.prompts) | rewrite (source rows rewritten: textlora.augment.rewrite) | a prompt file (YAML)
     templates: list[str] = field(default_factory=lambda: list(TEMPLATES))  # instruct: "{label}" is the class name
     source_prompts: int = 64  # source: openings a class, from the source training split
     source_words: int = 6  # source: words an opening
@@ -128,6 +131,7 @@ class PipelineConfig:
     adapt: dict
     generate: dict  # length_mean / length_std may be auto (the target texts' lengths)
     filter: dict
+    rewrite: dict  # synthetic.prompts: rewrite (textlora.augment.rewrite.RewriteConfig)
 
     @property
     def output_dir(self) -> Path:
@@ -144,7 +148,7 @@ def load_pipeline_config(path: str | None, overrides: list[str] | None = None) -
 
 
 def _pipeline_config(raw: dict) -> PipelineConfig:
-    known = set(CLASSIFIER_KEYS) | {"target", "synthetic", "select", "self_training", "adapt", "generate", "filter"}
+    known = set(CLASSIFIER_KEYS) | {"target", "synthetic", "select", "self_training", *OWNED}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise UserError(f"config: unknown key '{unknown[0]}' (known: {', '.join(sorted(known))})")
@@ -162,7 +166,7 @@ def _pipeline_config(raw: dict) -> PipelineConfig:
     if SYNTHETIC_SET in checked.data.eval_sets:
         raise UserError(f"config: data.eval_sets.{SYNTHETIC_SET}: the name is the pipeline's (held-out generated rows); choose another")
     stages = {}
-    for name in ("adapt", "generate", "filter"):
+    for name in OWNED:
         section = raw.get(name) or {}
         if not isinstance(section, dict):
             raise UserError(f"config: {name}: expected a mapping, found {section!r}")
@@ -187,9 +191,15 @@ def _check_section(name: str, section: dict) -> None:
     from textlora.augment.adapt import AdaptConfig
     from textlora.augment.filter import FilterConfig
     from textlora.augment.generate import GenerateConfig
+    from textlora.augment.rewrite import RewriteConfig
 
-    cls = {"adapt": AdaptConfig, "generate": GenerateConfig, "filter": FilterConfig}[name]
-    stand_in = {"adapt": {"texts": "-", "output_dir": "-"}, "generate": {"prompts": "-", "output": "-"}, "filter": {"input": "-", "output": "-"}}[name]
+    cls = {"adapt": AdaptConfig, "generate": GenerateConfig, "filter": FilterConfig, "rewrite": RewriteConfig}[name]
+    stand_in = {
+        "adapt": {"texts": "-", "output_dir": "-"},
+        "generate": {"prompts": "-", "output": "-"},
+        "filter": {"input": "-", "output": "-"},
+        "rewrite": {"source": "-", "target": "-", "output": "-"},
+    }[name]
     values = dict(section)
     if name == "generate":  # auto: measured on the target texts when the stage runs
         values |= {k: 1.0 for k in ("length_mean", "length_std") if values.get(k) == "auto"}

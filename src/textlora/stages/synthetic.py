@@ -19,7 +19,7 @@ from textlora.errors import UserError
 from textlora.stages import StageResult
 from textlora.stages.context import SYNTHETIC_SET, Context
 
-PROMPT_MODES = ("instruct", "source", "labelled")
+PROMPT_MODES = ("instruct", "source", "labelled", "rewrite")
 
 
 TRIAL_SOURCE_ROWS = 4000  # source rows each of the trial's probes trains on (AG News: 5 x 12 s with all 20,000)
@@ -89,6 +89,8 @@ class Trial:
             return "synthetic.check is off"
         if syn.trial_rows == 0:
             return "synthetic.trial_rows is 0"
+        if syn.prompts == "rewrite":
+            return "prompts: rewrite keeps a row only when its own label and domain filters pass it"
         if cfg.data.multi_label or cfg.data.text_pair_column:
             return "the label check judges single-label, single-text rows"
         return None
@@ -187,20 +189,24 @@ def adapt_defaults(out: Path) -> dict:
 
 
 class Generate:
-    """Labelled target-style rows from class prompts (made from the data unless a prompt file is given)."""
+    """Labelled target-style rows from class prompts (made from the data unless a prompt file is
+    given); with ``synthetic.prompts: rewrite``, labelled source rows rewritten by the adapted LM."""
 
     name = "generate"
 
     def config(self, ctx: Context):
-        return generate_config(ctx, ctx.results["adapt"].data["lm"])
+        lm = ctx.results["adapt"].data["lm"]
+        return rewrite_config(ctx, lm) if ctx.config.synthetic.prompts == "rewrite" else generate_config(ctx, lm)
 
     def skip(self, ctx: Context) -> str | None:
         return ctx.skip_synthetic
 
     def key(self, ctx: Context) -> str:
         from textlora.augment.generate import generate_key
+        from textlora.augment.rewrite import rewrite_key
 
-        return generate_key(self._config(ctx), ctx.label_names)
+        cfg = self._config(ctx)
+        return rewrite_key(cfg, ctx.label_names) if ctx.config.synthetic.prompts == "rewrite" else generate_key(cfg, ctx.label_names)
 
     def _config(self, ctx: Context):
         if getattr(self, "_cached", None) is None or self._cached[0] is not ctx:
@@ -213,6 +219,8 @@ class Generate:
     def run(self, ctx: Context, resume: bool) -> StageResult:
         from textlora.augment.generate import generate, is_generated
 
+        if ctx.config.synthetic.prompts == "rewrite":
+            return self._rewrite(ctx)
         gcfg = self._config(ctx)
         reused = is_generated(gcfg, ctx.label_names)
         processes = ctx.config.synthetic.processes
@@ -226,8 +234,32 @@ class Generate:
         )
         return StageResult(s["rows_written"], note, {"rows": gcfg.output})
 
+    def _rewrite(self, ctx: Context) -> StageResult:
+        from textlora.augment.rewrite import is_rewritten, rewrite
+
+        cfg = self._config(ctx)
+        reused = is_rewritten(cfg, ctx.label_names)
+        rewrite(cfg, label_names=ctx.label_names, reuse=True)
+        s = json.loads(Path(cfg.output).with_suffix(".rewrite.json").read_text())
+        note = ("reused " + cfg.output + "; " if reused else "") + f"{s['rows']:,} source rows rewritten"
+        if "label_filter_kept" in s:
+            note += f", {s['label_filter_kept']:,} keep their label (by a probe of the source rows)"
+        if "domain_filter_kept" in s:
+            note += f", {s['domain_filter_kept']:,} of those read as target texts (rewritten {s['target_like']:.0%}, originals {s['target_like_originals']:.0%})"
+        return StageResult(s["rows_written"], note + f"; {s['seconds']:.0f} s", {"rows": cfg.output, "rewrite": s})
+
     def use(self, ctx: Context, result: StageResult) -> None:
         ctx.resolved[self.name] = asdict(self._config(ctx))
+
+
+def rewrite_config(ctx: Context, lm: str, **changes):
+    """The rewrite step's config (``synthetic.prompts: rewrite``): the user's ``rewrite:`` section, the
+    source training split as the rows to rewrite, the target texts, and ``changes``."""
+    from textlora.augment.rewrite import RewriteConfig
+
+    settings = {**ctx.config.rewrite, "model": lm, "source": str(ctx.source_split_file()), "target": ctx.config.target.texts}
+    settings |= {"target_text_column": ctx.config.target.text_column, "output": str(ctx.out / "synthetic" / "rows.csv"), **changes}
+    return build(RewriteConfig, settings, "rewrite.")
 
 
 def generate_config(ctx: Context, lm: str, **changes):
@@ -330,7 +362,9 @@ class Filter:
 
         rows = ctx.results["generate"].data["rows"]
         settings = {**filter_defaults(ctx.out), **ctx.config.filter}
-        settings |= {"input": rows, "real": ctx.source.data.train, "text_column": "text", "label_column": "label"}
+        # a rewritten row is a near copy of its source row by design (rewrite drops unchanged ones itself)
+        real = None if ctx.config.synthetic.prompts == "rewrite" else ctx.source.data.train
+        settings |= {"input": rows, "real": real, "text_column": "text", "label_column": "label"}
         return build(FilterConfig, settings, "filter.")
 
     def _split_settings(self, ctx: Context) -> dict:
