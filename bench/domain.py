@@ -10,6 +10,8 @@ airline reviews). Variants change one thing each:
 
 - `source-only`: no synthetic rows (`--synthetic.enabled false`): the same classifier on the source rows;
 - `instruct`, `source`, `labelled`: the automatic prompt modes (`--synthetic.prompts MODE`);
+- `rewrite`: labelled source rows rewritten into the target's words by the adapted LM
+  (`--synthetic.prompts rewrite`, textlora.augment.rewrite);
 - `file`: the config's own prompt setting (AG News: the hand-written prompt file);
 - `instruct+st`: instruct plus one self-training round;
 - `contrastive`, `mlm`: source-only plus a target objective learnt with the classifier
@@ -58,6 +60,7 @@ VARIANTS = {
     "instruct": ["--synthetic.prompts", "instruct"],
     "source": ["--synthetic.prompts", "source"],
     "labelled": ["--synthetic.prompts", "labelled"],
+    "rewrite": ["--synthetic.prompts", "rewrite"],
     "file": [],
     "instruct+st": ["--synthetic.prompts", "instruct", "--self_training.rounds", "1"],
     "source-only+ht": ["--synthetic.enabled", "false", "--model.truncation", "head_tail"],
