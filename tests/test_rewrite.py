@@ -138,3 +138,38 @@ def test_a_bad_rewrite_setting_is_one_line(domains, tiny_bert, tiny_gpt2, capsys
     cfg["rewrite"] = {"source": "x.csv"}
     path.write_text(yaml.safe_dump(cfg))
     fails(capsys, ["pipeline", "--config", str(path)], "rewrite.source: set by the pipeline")
+
+
+def _fills(target_like: bool):
+    """A stand-in for the LM: every row rewritten into target filler, or left a source text."""
+
+    def fill(cfg, chosen):
+        swap = {"today": "new", "week": "says"} if target_like else {"the": "a"}
+        return [
+            {"text": " ".join(swap.get(w, w) for w in text.split()) + ("" if target_like else " of"), "label": name, "source_row": i, "original": text, "spans": "[]", "model": cfg.model, "seed": 0}
+            for i, name, text, _ in chosen
+        ]
+
+    return fill
+
+
+def test_the_trial_stops_rewriting_when_its_filters_would_keep_too_few_rows(domains, tiny_bert, tiny_gpt2, capsys, monkeypatch):
+    from .test_pipeline import pipeline_config
+
+    pd.read_csv(domains / "source.csv").iloc[:9].to_csv(domains / "target_test.csv", index=False)
+    cfg = pipeline_config(domains, tiny_bert, tiny_gpt2, synthetic={"prompts": "rewrite", "trial_rows": 30}, rewrite={"ngram": 1, "rows_per_class": 20})
+    path = domains / "p.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    monkeypatch.setattr("textlora.augment.rewrite._fill", _fills(target_like=False))  # every rewrite still reads as a source text
+    assert main(["pipeline", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "== trial: " in out and "30 source rows rewritten by the base LM, 0 kept (~0 of the full run's 60) -> stop" in out
+    for stage in ("adapt", "generate", "filter"):
+        assert f"== {stage}: 0 s (skipped: the trial: 0 of 30 rewrites" in out
+    method = json.loads((domains / "out" / "pipeline.json").read_text())["methods"][0]
+    assert method["ran"] is False and "fewer than the 50 rows the label check needs" in method["evidence"]
+
+    monkeypatch.setattr("textlora.augment.rewrite._fill", _fills(target_like=True))  # target-like rewrites: the method runs
+    assert main(["pipeline", "--config", str(path), "--output_dir", str(domains / "out2")]) == 0
+    out = capsys.readouterr().out
+    assert "-> go on" in out and "source rows rewritten, " in out.split("== generate: ")[1].splitlines()[0]

@@ -345,7 +345,8 @@ def methods(ctx: Context) -> list[dict]:
         trial = (results.get("trial").data or {}).get("check") if "trial" in results else None
         check = (results["filter"].data or {}).get("check") if "filter" in results else None
         if trial and trial.get("passed") is False:
-            out.append({"method": name, "ran": False, "kept": False, "evidence": f"the trial: ~{trial['noise']:.0%} of its rows mislabelled (above {trial['max_noise']})"})
+            evidence = trial.get("why") or f"the trial: ~{trial['noise']:.0%} of its rows mislabelled (above {trial['max_noise']})"
+            out.append({"method": name, "ran": False, "kept": False, "evidence": evidence})
         elif "filter" not in results:
             out.append({"method": name, "ran": False, "kept": False, "evidence": "not run"})
         elif check is None:

@@ -43,12 +43,24 @@ class Trial:
     ``generate`` and ``filter`` are skipped, the classifier trains on the source rows alone, and the
     summary says so. When they pass, or are too few to judge, the pipeline goes on as without it.
 
+    With ``prompts: rewrite`` the base LM rewrites ``trial_rows`` source rows instead, through the
+    rewrite's own label and domain filters (every row it keeps already carries its label by the
+    same kind of probe the label check uses): when the share it keeps, over the rows the full run
+    would rewrite, comes to fewer than the label check's ``MIN_ROWS``, the method stops.
+
     Measured (docs/experiments.md, "Stopping early"; 200 rows, seed 42): the base LM's rows ~21%
     mislabelled on AG News with its prompt file (the adapted LM's: 2-4%, kept), ~53% on DVD ->
     electronics and ~55% on imdb -> airline with instruction prompts (the adapted LM's: 29-40% and
     34%, dropped)."""
 
     name = "trial"
+
+    def _rewrite_config(self, ctx: Context):
+        from textlora.augment.adapt import AdaptConfig
+
+        base = ctx.config.adapt.get("model", AdaptConfig.model)
+        per_class = max(1, -(-ctx.config.synthetic.trial_rows // len(ctx.label_names)))
+        return rewrite_config(ctx, base, rows_per_class=per_class, output=str(ctx.out / "trial" / "rows.csv"))
 
     def _configs(self, ctx: Context):
         from textlora.augment.adapt import AdaptConfig
@@ -71,8 +83,12 @@ class Trial:
     def key(self, ctx: Context) -> str:
         from textlora.augment.adapt import adapt_key
         from textlora.augment.generate import generate_key
+        from textlora.augment.rewrite import rewrite_key
         from textlora.fsutil import fingerprint
 
+        if ctx.config.synthetic.prompts == "rewrite":
+            planned = ctx.config.rewrite.get("rows_per_class")
+            return fingerprint({"rewrite": rewrite_key(self._rewrite_config(ctx), ctx.label_names), "planned": planned}, [], paths=())
         acfg, gcfg, fcfg = self._configs(ctx)
         syn = ctx.config.synthetic
         if acfg is None:
@@ -89,8 +105,6 @@ class Trial:
             return "synthetic.check is off"
         if syn.trial_rows == 0:
             return "synthetic.trial_rows is 0"
-        if syn.prompts == "rewrite":
-            return "prompts: rewrite keeps a row only when its own label and domain filters pass it"
         if cfg.data.multi_label or cfg.data.text_pair_column:
             return "the label check judges single-label, single-text rows"
         return None
@@ -103,6 +117,8 @@ class Trial:
         from textlora.augment.filter import filter_rows
         from textlora.augment.generate import generate
 
+        if ctx.config.synthetic.prompts == "rewrite":
+            return self._run_rewrite(ctx)
         acfg, gcfg, fcfg = self._configs(ctx)
         if acfg is not None:
             adapt(acfg, reuse=True)
@@ -126,9 +142,28 @@ class Trial:
             note = f"{len(rows)} rows by {lm}: probe dev {check['dev']:.3f}, rows {check['heldout']:.3f}, ~{check['noise']:.0%} mislabelled -> {verdict}"
         return StageResult(len(rows), note, {"check": check})
 
+    def _run_rewrite(self, ctx: Context) -> StageResult:
+        from textlora.augment.check import MIN_ROWS
+        from textlora.augment.rewrite import RewriteConfig, rewrite
+
+        cfg = self._rewrite_config(ctx)
+        rewrite(cfg, label_names=ctx.label_names, reuse=True)
+        s = json.loads(Path(cfg.output).with_suffix(".rewrite.json").read_text())
+        planned = ctx.config.rewrite.get("rows_per_class", RewriteConfig.rows_per_class) * len(ctx.label_names)
+        expected = s["rows_written"] / s["rows"] * planned if s["rows"] else 0.0
+        passed = expected >= MIN_ROWS
+        why = f"the trial: {s['rows_written']} of {s['rows']} rewrites by the base LM kept by the label and domain filters, ~{expected:.0f} of the full run's {planned}, fewer than the {MIN_ROWS} rows the label check needs"
+        check = {"rows": s["rows"], "kept": s["rows_written"], "expected": round(expected), "min_rows": MIN_ROWS, "passed": passed, "why": why}
+        verdict = "go on" if passed else "stop: adapt, generate and filter skipped"
+        note = f"{s['rows']} source rows rewritten by the base LM, {s['rows_written']} kept (~{expected:.0f} of the full run's {planned}) -> {verdict}"
+        return StageResult(s["rows_written"], note, {"check": check})
+
     def use(self, ctx: Context, result: StageResult) -> None:
         check = result.data.get("check") or {}
-        if check.get("passed") is False:
+        if check.get("passed") is False and "why" in check:
+            ctx.skip_synthetic = check["why"]
+            ctx.note(f"stopped early: {check['why']}; adapt, generate and filter were skipped (synthetic.trial_rows: 0 runs them anyway)", warn=True)
+        elif check.get("passed") is False:
             ctx.skip_synthetic = f"the trial's rows failed the label check (~{check['noise']:.0%} mislabelled)"
             ctx.note(
                 f"stopped early: {result.rows} rows written before adaptation failed the label check (a bag-of-words probe predicts "
