@@ -139,7 +139,7 @@ class DomainWords:
             if self.src[g] >= cfg.min_count and self.source_share(g) >= cfg.min_source_share and self.label_info(g) <= cfg.max_label_info:
                 found.append((self.score(g), -(b - a), a, b))
         chosen: list[tuple[int, int]] = []
-        for _, _, a, b in sorted(found, reverse=True):  # best score first; at a tie the longer n-gram
+        for _, _, a, b in sorted(found, reverse=True):  # best score first; at a tie the shorter n-gram, then the later one
             if len(chosen) == cfg.max_spans:
                 break
             if all(b <= c or a >= d for c, d in chosen):
