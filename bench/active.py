@@ -187,11 +187,14 @@ def plot(runs: list[dict]) -> None:
             ys = [sum(r["target"] for r in mine if r["strategy"] == strategy and r["labels"] == x) / len([r for r in mine if r["strategy"] == strategy and r["labels"] == x]) for x in xs]
             if zero:
                 xs, ys = [0, *xs], [sum(zero) / len(zero), *ys]
-            ax.plot(xs, ys, marker="o", label=strategy)
+            line = ax.plot(xs, ys, marker="o", label=strategy)[0]
+            for x, y in zip(xs, ys):  # how many seeds each mean is of
+                n = len([r for r in mine if r["labels"] == x and (x == 0 or r["strategy"] == strategy)])
+                ax.annotate(f"n={n}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=line.get_color())
         ceil = [r["target"] for r in mine if r["strategy"] == "ceiling"]
         if ceil:
             ax.axhline(sum(ceil) / len(ceil), color="grey", linestyle="--", label="source + pool (oracle)")
-        ax.set_title(f"{task}: target_test accuracy")
+        ax.set_title(f"{task}: target_test accuracy (mean of n seeds)")
         ax.set_xlabel("labels")
         ax.legend(fontsize=8)
     fig.tight_layout()
