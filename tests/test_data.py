@@ -130,6 +130,23 @@ def test_head_tail_truncation_keeps_both_ends_of_a_long_text(tmp_path):
         encode_texts(tok, [long_text], 10, truncation="middle")
 
 
+def test_measuring_long_texts_does_not_warn_of_indexing_errors(tmp_path):
+    """head_tail truncation and the length measures tokenize whole texts on purpose: transformers
+    must not warn that running them "will result in indexing errors" (they never run untruncated)."""
+    from textlora.resolve import generation_lengths, length_from_percentile
+    from textlora.runtime import encode_texts
+
+    from .conftest import make_tokenizer
+
+    tok = make_tokenizer(tmp_path / "tok")
+    tok.model_max_length = 12
+    long_text = " ".join("abcdefghijklmnopqrstuvwxyz")
+    encode_texts(tok, [long_text], 10, truncation="head_tail")
+    length_from_percentile(tok, [long_text] * 3, 12, 90)
+    generation_lengths(tok, [long_text] * 3, 12)
+    assert "sequence-length-is-longer-than-the-specified-maximum" not in tok.deprecation_warnings
+
+
 def test_a_run_trained_with_head_tail_predicts_with_it(tmp_path, tiny_bert):
     """model.truncation is saved with the run and used again at prediction: a long text is predicted
     exactly as the words head_tail keeps of it (and the head's cut would differ)."""

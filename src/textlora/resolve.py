@@ -127,7 +127,7 @@ def generation_lengths(tokenizer, texts: list[str], cap: int) -> tuple[float, fl
     """``generate.length_mean/length_std: auto``: the mean and spread of the texts' lengths in the LM's
     tokens (each clamped to ``cap``), so that generated rows are as long as the target's."""
     sample = texts[:: max(1, len(texts) // 3000)]
-    lengths = np.minimum([len(ids) for ids in tokenizer(sample)["input_ids"]], cap)
+    lengths = np.minimum([len(ids) for ids in tokenizer(sample, verbose=False)["input_ids"]], cap)
     return float(round(lengths.mean(), 1)), float(round(max(lengths.std(), 1.0), 1))
 
 

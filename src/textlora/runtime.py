@@ -46,7 +46,7 @@ def encode_texts(tokenizer, texts: list, max_length: int, truncation: str = "hea
     budget = max(max_length - prefix - suffix, 1)
     head = int(budget * HEAD_SHARE)
     out = []
-    for ids in tokenizer(texts)["input_ids"]:
+    for ids in tokenizer(texts, verbose=False)["input_ids"]:  # whole texts, cut just below: no indexing-error warning
         if len(ids) > prefix + budget + suffix:
             ids = ids[: prefix + head] + ids[len(ids) - (budget - head) - suffix :]
         out.append(ids)
