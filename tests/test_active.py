@@ -96,7 +96,7 @@ def test_label_writes_texts_to_label_before_and_after_a_classifier(trained, tmp_
     again = pd.read_csv(second)
     assert len(again) == 6 and not set(again["id"]) & set(table["id"])
     info = json.loads(second.with_suffix(".select.json").read_text())
-    assert info["strategy"] == "combined" and info["already_labelled"] == 5 and len(info["margin"]) == 6
+    assert info["strategy"] == "kcenter" and info["already_labelled"] == 5 and len(info["margin"]) == 6
     capsys.readouterr()
     # bad input: one line naming the file and row
     bad = tmp_path / "bad.csv"

@@ -187,7 +187,7 @@ def rank_pool(data: str, text_column: str, model: str | None, strategy: str | No
     """What the page and ``--select`` share: the pool (ids, texts), the answers in ``labels`` (id ->
     label; checked against the pool and the classes), and the first ``n`` texts the strategy ranks
     among those not answered. Returns (ids, texts, answered, chosen, probabilities or None, the strategy)."""
-    strategy = strategy or ("combined" if model else "kcenter")
+    strategy = strategy or "kcenter"
     if strategy in NEEDS_MODEL and not model:
         raise UserError(f"--strategy {strategy}: needs --model RUN (a trained classifier); before the first model, use kcenter or random")
     ids, texts, answered = read_pool(data, text_column, labels, classes)

@@ -63,7 +63,7 @@ def label(
         output: with --select: the CSV to write.
         model: a trained run whose probabilities and embeddings the strategy uses; omit before any
             classifier exists (then kcenter on the texts' words, or random).
-        strategy: random | margin | entropy | kcenter | combined (default: combined with --model, else kcenter).
+        strategy: random | margin | entropy | kcenter | combined (default: kcenter, on the run's pooled vectors with --model, else on hashed words).
         labels: the labels file (``id,text,label``): the page appends to it; with --select, its texts are
             never chosen again. An empty label is a skip.
         classes: the class names, without --model (with it, the run's).
@@ -279,7 +279,7 @@ def open_store(
         classes = names
     if not classes:
         raise UserError("--classes: name the classes (e.g. --classes negative positive), or give --model RUN")
-    strategy = strategy or ("combined" if model else "kcenter")
+    strategy = strategy or "kcenter"
     n = max(2 * goal, goal + 50)
     learner = None
     if model and round_size:

@@ -44,7 +44,7 @@ class Learner:
         self,
         run,
         texts: list[str],
-        strategy: str = "combined",
+        strategy: str = "kcenter",
         steps: int = 16,
         batch_size: int = 16,
         seed: int = 0,
