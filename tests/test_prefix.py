@@ -293,3 +293,56 @@ def test_the_labelling_ranking_reads_the_cache_when_it_holds_every_text(tmp_path
     monkeypatch.setattr(prefix.CachedStates, "states", lambda self, ids, mask: real(self, ids, mask) + 5.0)
     shifted, _ = probabilities_and_embeddings(str(tmp_path / "run"), seen)
     assert not np.allclose(shifted, probs, atol=1e-2)  # the pass read the cached states
+
+
+def test_the_cache_folder_keeps_under_its_size_limit_dropping_the_least_recently_used(tmp_path, tiny_bert, monkeypatch, capsys):
+    """Caches pile up across runs (one a text set and model): a new one drops the least recently used
+    others until the folder is under TEXTLORA_PREFIX_CACHE_GB; one read back counts as used, one in use by
+    another process (its lock held) and one used in the last minute are never dropped."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from textlora.errors import UserError
+    from textlora.fsutil import hold_lock
+    from textlora.prefix import MANIFEST, prefix_cache
+
+    from .conftest import make_texts
+
+    model, tok = AutoModel.from_pretrained(str(tiny_bert)), AutoTokenizer.from_pretrained(str(tiny_bert))
+    enc = [tok(t)["input_ids"] for t in make_texts(10, seed=5)["text"].tolist()]
+    root = tmp_path / "prefix"
+
+    def cache(part, where=root):
+        return prefix_cache(model, part, 1, precision="fp32", device="cpu", root=where, max_memory_gb=1.0, batch_size=4)
+
+    def size(c):
+        return sum(f.stat().st_size for f in c.path.iterdir())
+
+    def age(c, seconds):  # as if last used this much earlier
+        t = os.path.getmtime(c.path / MANIFEST) - seconds
+        os.utime(c.path / MANIFEST, (t, t))
+
+    a, b, c = cache(enc[:5]), cache(enc[5:10]), cache(enc[10:15])
+    for k, x in enumerate((a, b, c)):
+        age(x, 3600 * (3 - k))  # a the oldest, then b, then c
+    cache(enc[:5])  # a read back: now the most recently used
+    for x in (a, b, c):
+        age(x, 120)  # out of the last minute's grace, the order kept: b, c, a
+    d_size = size(cache(enc[15:20], tmp_path / "probe"))
+    c_size = size(c)
+    limit = size(a) + size(b) + d_size + c_size / 2  # room for all but c
+    monkeypatch.setenv("TEXTLORA_PREFIX_CACHE_GB", repr(limit / 2**30))
+    capsys.readouterr()
+    with hold_lock(root / f".{b.path.name}.lock", what="b"):  # b in use elsewhere: kept though the least recently used
+        d = cache(enc[15:20])
+    out = capsys.readouterr().out
+    assert {p.name for p in root.iterdir() if p.is_dir()} == {a.path.name, b.path.name, d.path.name}, out
+    assert f"prefix cache: removed 1 least recently used cache ({c_size / 2**20:.2f} MB) to stay under TEXTLORA_PREFIX_CACHE_GB" in out
+    # at a limit of 0 every cache goes but the new one and those used in the last minute (another process may be about to read them)
+    monkeypatch.setenv("TEXTLORA_PREFIX_CACHE_GB", "0")
+    e = cache([enc[0][:-1] + enc[1][1:]])  # a text no cache holds: nothing copied, nothing touched
+    assert {p.name for p in root.iterdir() if p.is_dir()} == {d.path.name, e.path.name}
+    assert not (root / f".{a.path.name}.lock").exists()
+    # a limit that is not a number is one line naming it
+    monkeypatch.setenv("TEXTLORA_PREFIX_CACHE_GB", "lots")
+    with pytest.raises(UserError, match="TEXTLORA_PREFIX_CACHE_GB: expected a number of GB >= 0, found 'lots'"):
+        cache(enc[3:8])

@@ -6,7 +6,10 @@ states that enter layer ``split`` depend on the text alone. :func:`prefix_cache`
 (in bf16 where the CPU has it, else fp32), keeps them on disk under the cache folder, keyed by the
 token ids, the model's weights and the split, so that another seed (another split of the same rows)
 or a rerun reads them back instead of paying for them again; a file that does not match its
-manifest (truncated, another model) is rebuilt with a line that says so, never used.
+manifest (truncated, another model) is rebuilt with a line that says so, never used. The folder
+stays under ``$TEXTLORA_PREFIX_CACHE_GB`` (20): a new cache drops the least recently used others
+(each use touches its manifest), never one whose lock another process holds or one used in the last
+minute; any cache may be deleted by hand, and is computed again when next needed.
 A new text set (a self-training round's rows, a labelling round's) copies the states of the texts
 that an earlier cache of the same weights holds (each cache keeps its token lists) and computes only
 the others.
@@ -33,6 +36,9 @@ MANIFEST = "manifest.json"
 DATA = "states.bin"
 TOKENS = "tokens.bin"  # every sequence's token ids (int32), in the file's order: what a later cache may copy from
 LENGTHS = "lengths.bin"  # tokens a sequence (int64)
+LIMIT_ENV = "TEXTLORA_PREFIX_CACHE_GB"
+DEFAULT_LIMIT_GB = 20.0
+GRACE_S = 60  # a cache used this recently is never dropped: another process may be about to read it
 
 
 @dataclass
@@ -137,6 +143,9 @@ def prefix_cache(model, encoded: list[list[int]], split: int, *, precision: str,
                 for stale in Path(root).glob(f".{key}.*.tmp"):  # left by a killed build
                     shutil.rmtree(stale, ignore_errors=True)
                 _build(model, distinct, lengths, offsets, split, folder, key, store, hidden, precision, device, batch_size, digest, Path(root))
+        evict(Path(root), keep=folder)
+    else:
+        _touch(folder)
     dtype = torch.bfloat16 if store == "bf16" else torch.float32
     in_memory = expected <= max_memory_gb * 2**30
     raw = (
@@ -161,6 +170,63 @@ class _MappedRows:
 
         part = np.array(self.raw[rows.start * self.hidden : rows.stop * self.hidden])
         return torch.from_numpy(part).view(self.dtype).reshape(-1, self.hidden)
+
+
+def _touch(folder: Path) -> None:
+    """Mark a cache as used now (what :func:`evict` orders by)."""
+    import os
+
+    with contextlib.suppress(OSError):
+        os.utime(folder / MANIFEST)
+
+
+def size_limit_gb() -> float:
+    """``$TEXTLORA_PREFIX_CACHE_GB``, else 20."""
+    import os
+
+    raw = os.environ.get(LIMIT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_LIMIT_GB
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise UserError(f"{LIMIT_ENV}: expected a number of GB >= 0, found '{raw}'")
+    return value
+
+
+def evict(root: Path, keep: Path) -> None:
+    """Drop the least recently used caches under ``root`` until the folder is under :func:`size_limit_gb`;
+    never ``keep``, one used in the last ``GRACE_S`` seconds, or one whose lock another process holds."""
+    import shutil
+    import time
+
+    from textlora.fsutil import hold_lock
+
+    limit = size_limit_gb() * 2**30
+    caches = []
+    for manifest in root.glob(f"*/{MANIFEST}"):
+        with contextlib.suppress(OSError):
+            caches.append((manifest.stat().st_mtime, sum(f.stat().st_size for f in manifest.parent.iterdir()), manifest.parent))
+    total = sum(size for _, size, _ in caches)
+    dropped, freed = 0, 0
+    for used, size, folder in sorted(caches, key=lambda c: c[0]):
+        if total <= limit:
+            break
+        if folder == keep or time.time() - used < GRACE_S:
+            continue
+        lock = root / f".{folder.name}.lock"
+        try:
+            held = hold_lock(lock, what=f"prefix cache {folder}")
+        except UserError:
+            continue  # in use by another process
+        with held:
+            shutil.rmtree(folder, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+        total, freed, dropped = total - size, freed + size, dropped + 1
+    if dropped:
+        print(f"prefix cache: removed {dropped} least recently used cache{'s' * (dropped > 1)} ({freed / 2**20:.2f} MB) to stay under {LIMIT_ENV}={limit / 2**30:g}", flush=True)
 
 
 def _check(folder: Path, key: str, n: int, expected_bytes: int) -> str | None:
@@ -214,6 +280,7 @@ class CachedStates:
 
     def __init__(self, donors: list[tuple[dict, np.ndarray, np.ndarray]], dtype: str):
         self.donors, self.dtype = donors, dtype
+        self.used: set[int] = set()  # donors read from so far (each touched once: textlora.prefix.evict orders by use)
         self.index: dict[bytes, tuple[int, int]] = {}
         for d, (index, _offsets, _states) in enumerate(donors):
             for k, j in index.items():
@@ -231,6 +298,9 @@ class CachedStates:
         for r in range(ids.shape[0]):
             n = int(mask[r].sum())
             d, j = self.index[_key(ids[r, :n])]
+            if d not in self.used:
+                self.used.add(d)
+                _touch(Path(self.donors[d][2].filename).parent)
             _, offsets, states = self.donors[d]
             part = torch.from_numpy(np.array(states[offsets[j] : offsets[j] + n]))
             out[r, :n] = (part.view(torch.bfloat16) if self.dtype == "bf16" else part).float()
@@ -281,11 +351,14 @@ def _build(
             out = np.memmap(tmp / DATA, mode="w+", dtype=np.uint16 if store == "bf16" else np.float32, shape=(total, hidden))
             todo = np.ones(len(distinct), dtype=bool)
             for index, d_offsets, states in _donors(root, digest, store, hidden, skip=folder):
+                before = int(todo.sum())
                 for i in np.flatnonzero(todo):
                     j = index.get(distinct[i])
                     if j is not None:
                         out[offsets[i] : offsets[i] + lengths[i]] = states[d_offsets[j] : d_offsets[j] + lengths[i]]
                         todo[i] = False
+                if todo.sum() < before:
+                    _touch(Path(states.filename).parent)  # copied from: used
             reused = len(distinct) - int(todo.sum())
             if reused:
                 print(f"prefix cache: {reused:,} of {len(distinct):,} texts read from earlier caches of the same model; computing {int(todo.sum()):,}", flush=True)
