@@ -2,6 +2,7 @@
 
     python bench/active.py --tasks imdb --strategies random combined --labels 50 --seeds 42
     python bench/active.py --tasks imdb dvd --strategies random margin kcenter combined --labels 25 50 100 200 --seeds 42 43 --ceiling
+    python bench/active.py --tasks dvd --strategies kcenter --labels 50 --seeds 42 --set target.labelled_repeat 8 --tag repeat8
 
 For each task and seed: the source-only pipeline run (`--synthetic.enabled false`: the trial drops the
 generated rows on both review tasks anyway) is round 0 and gives the accuracy at 0 labels; it ranks
@@ -122,6 +123,8 @@ def main() -> None:
     ap.add_argument("--ceiling", action="store_true", help="also train on the source rows plus the whole pool with its oracle labels")
     ap.add_argument("--plot", action="store_true", help="draw bench/results/active.png from the saved results and stop")
     ap.add_argument("--round0", type=Path, help="an existing pipeline output dir of these settings (one task, one seed) whose 'train' stage is round 0")
+    ap.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="a pipeline setting for the labelled runs only (e.g. target.labelled_repeat 8)")
+    ap.add_argument("--tag", help="recorded as STRATEGY@TAG (its own runs and results), for a variant made with --set")
     args = ap.parse_args()
     saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": []}
     if args.plot:
@@ -145,13 +148,15 @@ def main() -> None:
             t0 = time.perf_counter()
             ranked = rankings(r0["run"], task, args.strategies, max(args.labels), seed)
             select_s = round(time.perf_counter() - t0, 1)
+            extra = [x for key, value in args.set for x in (f"--{key}", value)]
             for strategy in args.strategies:
+                name = f"{strategy}@{args.tag}" if args.tag else strategy
                 for n in args.labels:
-                    out = WORK / f"{task}-s{seed}-{strategy}-{n}"
+                    out = WORK / f"{task}-s{seed}-{name}-{n}"
                     out.mkdir(parents=True, exist_ok=True)
                     labels = reveal(task, ranked[strategy][:n], out.parent / f"{out.name}.labels.csv")
-                    rec = pipeline(task, out, seed, ["--target.labelled", str(labels)])
-                    keep({"task": task, "strategy": strategy, "labels": n, "seed": seed, "select_s": select_s, **rec})
+                    rec = pipeline(task, out, seed, ["--target.labelled", str(labels), *extra])
+                    keep({"task": task, "strategy": name, "labels": n, "seed": seed, "select_s": select_s, **rec})
             if args.ceiling:
                 rows = ceiling_rows(task, WORK / f"{task}-pool-oracle.csv")
                 rec = pipeline(task, WORK / f"{task}-s{seed}-ceiling", seed, ["--data.extra_train", f"[{rows}]"])

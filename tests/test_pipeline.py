@@ -268,6 +268,24 @@ def test_labelled_target_rows_train_choose_the_checkpoint_and_the_run(task, tiny
     assert f"labelled accuracy {summary['metrics']['labelled']['accuracy']:.4f} +- " in out
 
 
+def test_labelled_rows_repeated_count_that_many_times_in_training(task, tiny_bert, tiny_gpt2, capsys):
+    target = pd.read_csv(task / "target.csv")
+    labels = dict(zip(make_texts(12, seed=3, names="str")["text"], make_texts(12, seed=3, names="str")["label"]))
+    labelled = target.iloc[9:21].assign(label=lambda f: [labels[t] for t in f["text"]])
+    labelled.to_csv(task / "labels.csv", index=False)
+    cfg = pipeline_config(task, tiny_bert, tiny_gpt2, synthetic={"enabled": False})
+    cfg["target"] |= {"labelled": str(task / "labels.csv"), "labelled_repeat": 3}
+    assert main(["pipeline", "--config", write(task / "p.yaml", cfg)]) == 0
+    root = task / "out"
+    dev, trained = pd.read_csv(root / "labelled" / "labelled.csv"), pd.read_csv(root / "labelled" / "train.csv")
+    distinct = trained.drop_duplicates()
+    assert len(trained) == 3 * len(distinct) and len(dev) + len(distinct) == 12 and not set(dev["id"]) & set(distinct["id"])
+    assert json.loads((root / "classifier" / "metrics.json").read_text())["data"]["extra_rows"] == len(trained)
+    assert f"{len(distinct)} trained on (each 3 times)" in capsys.readouterr().out
+    cfg["target"]["labelled_repeat"] = 0
+    fails(capsys, ["pipeline", "--config", write(task / "p.yaml", cfg), "--overwrite"], "target.labelled_repeat: expected an integer >= 1")
+
+
 def test_a_labels_file_with_an_unknown_id_or_class_is_one_line(task, tiny_bert, tiny_gpt2, capsys):
     target = pd.read_csv(task / "target.csv")
     cfg = pipeline_config(task, tiny_bert, tiny_gpt2, synthetic={"enabled": False})

@@ -65,10 +65,12 @@ class TargetConfig:
     text_column: str = "text"  # the column of `texts` that holds the text (IDs come from its `id` column, else the row number)
     labelled: str | None = None  # labels a person gave some target texts (id,text,label: `textlora label` writes it; an empty label is a skip)
     labelled_dev_fraction: float = 0.5  # of those rows (per class, seeded): the target dev set that chooses; the rest join training
+    labelled_repeat: int = 1  # the labelled rows that join training count this many times (repeated): their weight beside many source rows
 
     def __post_init__(self) -> None:
         check(self.texts is not None, "target.texts", "a file of unlabelled target texts", self.texts)
         check(0 <= self.labelled_dev_fraction <= 1, "target.labelled_dev_fraction", "a number in [0, 1]", self.labelled_dev_fraction)
+        check(isinstance(self.labelled_repeat, int) and self.labelled_repeat >= 1, "target.labelled_repeat", "an integer >= 1", self.labelled_repeat)
 
 
 @dataclass
@@ -326,13 +328,13 @@ def _labelled_rows(ctx: Context) -> None:
     folder = ctx.out / "labelled"
     folder.mkdir(parents=True, exist_ok=True)
     if len(train):
-        train.to_csv(folder / "train.csv", index=False)
+        pd.concat([train] * tc.labelled_repeat).to_csv(folder / "train.csv", index=False)
         ctx.extra_train.append(str(folder / "train.csv"))
     if len(dev):
         dev.to_csv(folder / f"{LABELLED_SET}.csv", index=False)  # named as its eval set: evaluate names outputs by file name
         ctx.eval_sets[LABELLED_SET] = str(folder / f"{LABELLED_SET}.csv")
         ctx.eval_files.append(str(folder / f"{LABELLED_SET}.csv"))  # never adapted on or pseudo-labelled
-    ctx.note(f"target.labelled: {len(rows)} labelled target texts, {len(dev)} as the target dev set '{LABELLED_SET}' (it chooses), {len(train)} trained on")
+    ctx.note(f"target.labelled: {len(rows)} labelled target texts, {len(dev)} as the target dev set '{LABELLED_SET}' (it chooses), {len(train)} trained on" + (f" (each {tc.labelled_repeat} times)" if tc.labelled_repeat > 1 else ""))
 
 
 def methods(ctx: Context) -> list[dict]:
