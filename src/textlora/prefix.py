@@ -133,6 +133,8 @@ def prefix_cache(model, encoded: list[list[int]], split: int, *, precision: str,
     if built:
         import shutil
 
+        size_limit_gb()  # a bad limit is one line before any state is computed
+
         from textlora.fsutil import hold_lock
 
         with hold_lock(Path(root) / f".{key}.lock", what=f"prefix cache {folder}"):
