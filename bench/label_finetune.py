@@ -22,13 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from active import DATA, ROOT, TASKS  # bench/active.py: the tasks and the runs this script reads
+from active import RESULTS as ACTIVE
 from machine import cpu  # bench/machine.py
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-TASKS = {"dvd": "amazon_dvd_electronics", "imdb": "imdb_airline"}
 RESULTS = ROOT / "bench" / "results" / "label_finetune.json"
-ACTIVE = ROOT / "bench" / "results" / "active.json"
 
 
 def record(runs: list[dict], task: str, strategy: str, labels: int, seed: int) -> dict | None:
